@@ -1,0 +1,85 @@
+"""The ``lightreasoner`` command: one subcommand per pipeline stage, each a thin shell around a stage module.
+
+Each stage module defines a frozen config dataclass (its fields are the flags, their docs the ``--help``) and a
+``main(cfg)`` function. Only the chosen stage's module is imported, so ``lightreasoner --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from .config import ConfigError, add_arguments, config_from_args
+from .utils import InputError, setup_logging
+
+# command -> (module, config class, entry function, one-line description)
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "sample": ("lightreasoner.sample", "SampleConfig", "main",
+               "expert writes reasoning prefixes; keep steps where it departs from the amateur, as soft labels"),
+    "inspect": ("lightreasoner.sample", "InspectConfig", "inspect_main", "print kept steps of a samples file"),
+    "train": ("lightreasoner.train", "TrainConfig", "main", "LoRA-tune the expert on the contrastive soft labels"),
+    "merge": ("lightreasoner.train", "MergeConfig", "merge_main", "merge a LoRA adapter into a standalone model"),
+    "eval": ("lightreasoner.evaluate", "EvalConfig", "main",
+             "zero-shot greedy pass@1 on the paper's benchmarks (or --compare two runs)"),
+    "grade": ("lightreasoner.grading", "GradeConfig", "grade_main",
+              "grade completions as the Qwen2.5-Math toolkit does"),
+    "sft": ("lightreasoner.sft", "SFTConfig", "main", "the rejection-sampling SFT baseline"),
+    "run": ("lightreasoner.pipeline", "RunConfig", "main", "everything: sample, train, merge, eval, report"),
+    "report": ("lightreasoner.report", "ReportConfig", "main", "write report.md/.html for a run folder"),
+    "models": ("lightreasoner.cli", "", "models_main", "list the embedded models and whether they are ready"),
+}
+
+
+def models_main(_cfg: object = None) -> int:
+    from . import embedded
+
+    for name, m in embedded.EMBEDDED.items():
+        print(f"{name:32s} {m.role:8s} {embedded.status(name)}")
+    return 0
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lightreasoner", description="LightReasoner: teach a reasoning LLM where a small model disagrees with it.")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, cls_name, _, desc) in COMMANDS.items():
+        sp = sub.add_parser(name, help=desc, description=desc)
+        if name == command and cls_name:
+            cls = getattr(importlib.import_module(module), cls_name)
+            if cls.__doc__:
+                sp.description = cls.__doc__.strip()
+                sp.formatter_class = argparse.RawDescriptionHelpFormatter
+            sp.add_argument("--config", default=None, help="YAML file of options (command-line flags override it)")
+            add_arguments(sp, cls)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if a in COMMANDS), None)
+    parser = build_parser(command)
+    ns = parser.parse_args(argv)
+    if not ns.command:
+        parser.print_help()
+        return 1
+    setup_logging(ns.log_level)
+    module, cls_name, func, _ = COMMANDS[ns.command]
+    mod = importlib.import_module(module)
+    try:
+        cfg = config_from_args(getattr(mod, cls_name), ns) if cls_name else None
+        result = getattr(mod, func)(cfg)
+    except (ConfigError, InputError) as e:
+        print(f"lightreasoner {ns.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        logging.getLogger("lightreasoner").warning("interrupted; run the same command again to resume")
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""The method's math as pure tensor functions.
+
+Paper symbols (Wang et al., LightReasoner, arXiv 2510.07962) and their names here:
+
+- ``p_E``, ``p_A``: the expert's and the amateur's next-token distributions at one step
+  -> ``logp_expert``, ``logp_amateur`` (log-softmax over the full vocabulary, float32).
+- ``D_KL(p_E || p_A)``: the step's expert-amateur divergence -> :func:`expert_amateur_kl`.
+- ``beta``: the selection threshold; a step is *kept* when its KL >= beta -> ``beta``.
+- ``V_t = {a : p_E(a) >= alpha * max_b p_E(b)}``: the plausible set -> :func:`plausible_mask`, ``alpha``.
+- ``v_C = softmax_{V_t}(log p_E - log p_A)``: the contrastive soft label -> :func:`contrastive_label`.
+- Training objective ``D_KL(v_C || p_theta)`` at kept steps -> :func:`soft_label_kl_loss`.
+
+Shapes: ``N`` steps (rows), ``V`` vocabulary, ``K`` the widest sparse label in a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-12  # added to both distributions inside the KL's log, as the authors do
+
+
+def expert_amateur_kl(logp_expert: torch.Tensor, logp_amateur: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """``KL(p_E || p_A) = sum_v p_E(v) log((p_E(v) + eps) / (p_A(v) + eps))``.
+
+    Args: log-probabilities ``[N, V]`` (float32). Returns ``[N]``, >= 0 up to rounding.
+    """
+    pe, pa = logp_expert.exp(), logp_amateur.exp()
+    return (pe * (torch.log(pe + eps) - torch.log(pa + eps))).sum(-1)
+
+
+def entropy(logp: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats of each row of log-probabilities ``[N, V]`` -> ``[N]``."""
+    return -(logp.exp() * logp).sum(-1)
+
+
+def plausible_mask(logp_expert: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``V_t``: tokens with ``p_E(v) >= alpha * max p_E``. ``[N, V]`` -> bool ``[N, V]`` (never empty)."""
+    return logp_expert >= logp_expert.max(-1, keepdim=True).values + torch.log(torch.tensor(alpha))
+
+
+def contrastive_label(logp_expert: torch.Tensor, logp_amateur: torch.Tensor, mask: torch.Tensor,
+                      contrast: bool = True) -> torch.Tensor:
+    """``v_C = softmax over V_t of (log p_E - log p_A)``; zero outside ``V_t``. ``[N, V]`` -> ``[N, V]``.
+
+    With ``contrast=False`` (the paper's ablation) the label is ``p_E`` renormalised on ``V_t``.
+    """
+    score = logp_expert - logp_amateur if contrast else logp_expert
+    return torch.softmax(score.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+@dataclass
+class StepReduction:
+    """Everything a sampled step keeps once both full distributions are gone (all first dim ``N``)."""
+
+    kl: torch.Tensor  # [N] float
+    expert_entropy: torch.Tensor  # [N]
+    amateur_entropy: torch.Tensor  # [N]
+    top1_agree: torch.Tensor  # [N] bool
+    label_ids: torch.Tensor  # [N, K] long, -1 padded
+    label_weights: torch.Tensor  # [N, K] float, 0 padded, rows sum to 1
+    expert_top_ids: torch.Tensor  # [N, top]
+    expert_top_probs: torch.Tensor  # [N, top]
+    amateur_top_ids: torch.Tensor  # [N, top]
+    amateur_top_probs: torch.Tensor  # [N, top]
+
+
+def reduce_step(logits_expert: torch.Tensor, logits_amateur: torch.Tensor, alpha: float, contrast: bool = True,
+                top: int = 5) -> StepReduction:
+    """Reduce the two models' raw logits at ``N`` steps to KL, entropies and a sparse soft label.
+
+    ``logits_*``: ``[N, V]`` over the same vocabulary (any dtype; computed in float32). Labels are returned for
+    every row; selection by ``beta`` is the caller's. The sparse label lists ``V_t`` in decreasing weight.
+    """
+    le = torch.log_softmax(logits_expert.float(), dim=-1)
+    la = torch.log_softmax(logits_amateur.float(), dim=-1)
+    mask = plausible_mask(le, alpha)
+    label = contrastive_label(le, la, mask, contrast)
+    k = int(mask.sum(-1).max())
+    weights, ids = label.topk(k, dim=-1)
+    in_set = torch.gather(mask, 1, ids)
+    ids = ids.masked_fill(~in_set, -1)
+    weights = weights.masked_fill(~in_set, 0.0)
+    tpe, tie = le.topk(top, dim=-1)
+    tpa, tia = la.topk(top, dim=-1)
+    return StepReduction(kl=expert_amateur_kl(le, la), expert_entropy=entropy(le), amateur_entropy=entropy(la),
+                         top1_agree=tie[:, 0] == tia[:, 0], label_ids=ids, label_weights=weights,
+                         expert_top_ids=tie, expert_top_probs=tpe.exp(), amateur_top_ids=tia,
+                         amateur_top_probs=tpa.exp())
+
+
+def soft_label_kl_loss(logits: torch.Tensor, label_ids: torch.Tensor, label_weights: torch.Tensor,
+                       reduction: str = "mean") -> torch.Tensor:
+    """``KL(w || p) = sum_k w_k (log w_k - log p(ids_k))`` with ``p = softmax(logits)`` over the full vocabulary.
+
+    ``logits``: ``[N, V]`` at the kept positions (any dtype; float32 inside). ``label_ids`` ``[N, K]`` long
+    (``-1`` = padding) and ``label_weights`` ``[N, K]`` (0 on padding, rows summing to 1). Returns the mean over
+    rows (``reduction='mean'``), their sum (``'sum'``) or the ``[N]`` vector (``'none'``). Padding and zero
+    weights contribute nothing, and nothing is dropped from the softmax: special tokens stay in ``p``.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    valid = label_ids >= 0
+    logp_at = torch.gather(logp, 1, label_ids.clamp(min=0))
+    w = label_weights.float() * valid
+    per_row = (torch.xlogy(w, w) - w * logp_at).sum(-1)
+    if reduction == "none":
+        return per_row
+    return per_row.sum() if reduction == "sum" else per_row.mean()
+
+
+def dense_label(label_ids: torch.Tensor, label_weights: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Scatter sparse labels ``[N, K]`` into dense ``[N, V]`` rows (the authors' format; for tests/benchmarks)."""
+    out = torch.zeros(label_ids.shape[0], vocab_size, dtype=torch.float32)
+    valid = label_ids >= 0
+    out.scatter_add_(1, label_ids.clamp(min=0), label_weights.float() * valid)
+    return out
+
+
+def dense_kl_loss(logits: torch.Tensor, dense_weights: torch.Tensor) -> torch.Tensor:
+    """The authors' loss on dense labels ``[N, V]``: ``KL(w || softmax(logits))`` averaged over rows."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return F.kl_div(logp, dense_weights, reduction="batchmean")

@@ -1,0 +1,210 @@
+"""Loading expert and amateur models: hub ids, local folders, GGUF files and the embedded pair.
+
+A *model spec* is one string:
+
+- an embedded name (``qwen2.5-coder-1.5b-instruct``, ``qwen2.5-coder-0.5b-instruct``; see :mod:`.embedded`),
+- a path to a ``.gguf`` file (loaded through transformers' GGUF support, weights dequantized),
+- a local checkpoint folder (``save_pretrained`` layout),
+- otherwise a Hugging Face hub id.
+
+Remote code is never trusted unless the caller passes ``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import embedded
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def default_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """``auto`` is bf16 where the hardware computes it natively (recent GPUs, AMX/AVX512-BF16 CPUs), else fp32."""
+    if name != "auto":
+        if name not in DTYPES:
+            raise ValueError(f"--dtype {name!r} is not one of {', '.join(DTYPES)}")
+        return getattr(torch, name)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "cpu":
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    return torch.float32
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    spec: str
+    kind: str  # "embedded" | "gguf" | "folder" | "hub"
+    path: str  # folder (embedded/folder/gguf parent) or hub id
+    gguf_file: str | None = None
+
+
+def resolve_source(spec: str, *, prepare: bool = True) -> ModelSource:
+    """Classify a model spec; for an embedded name (``prepare=True``) make sure its checkpoint exists."""
+    if spec in embedded.EMBEDDED:
+        path = embedded.ensure_checkpoint(spec) if prepare else embedded.checkpoint_dir(spec)
+        return ModelSource(spec, "embedded", str(path))
+    p = Path(spec).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise FileNotFoundError(f"GGUF file {spec!r} does not exist")
+        return ModelSource(spec, "gguf", str(p.parent), p.name)
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise FileNotFoundError(f"model folder {spec!r} has no config.json; point to a save_pretrained folder")
+        return ModelSource(spec, "folder", str(p))
+    if p.exists() or spec.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model {spec!r}: not an embedded name ({', '.join(embedded.EMBEDDED)}), a .gguf "
+                                f"file or a checkpoint folder")
+    return ModelSource(spec, "hub", spec)
+
+
+def fingerprint(source: ModelSource, model: Any = None) -> str:
+    """A content hash identifying the weights, cheap to compute.
+
+    Embedded: the verified GGUF SHA-256. Folder: SHA-256 over ``config.json`` and each safetensors file's header
+    and size (the header lists every tensor's name, dtype, shape and byte range). GGUF: SHA-256 of the first
+    16 MiB and the size. Hub: the resolved commit hash when known.
+    """
+    h = hashlib.sha256()
+    if source.kind == "embedded":
+        return "sha256:" + embedded.EMBEDDED[source.spec].sha256
+    if source.kind == "gguf":
+        f = Path(source.path) / (source.gguf_file or "")
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 24))
+        h.update(str(f.stat().st_size).encode())
+        return "sha256:" + h.hexdigest()
+    if source.kind == "folder":
+        folder = Path(source.path)
+        h.update((folder / "config.json").read_bytes())
+        for st in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+            with open(st, "rb") as fh:
+                head = fh.read(8)
+                n = int.from_bytes(head, "little") if st.suffix == ".safetensors" else 0
+                h.update(head + fh.read(min(n, 1 << 26)))
+            h.update(f"{st.name}:{st.stat().st_size}".encode())
+        return "sha256:" + h.hexdigest()
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+    return f"hub:{source.path}@{commit or 'unknown'}"
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and where it came from."""
+
+    model: Any
+    tokenizer: Any
+    spec: str
+    fingerprint: str
+    source: ModelSource | None = None
+
+    @property
+    def vocab_rows(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def describe(self) -> dict[str, Any]:
+        return {"spec": self.spec, "fingerprint": self.fingerprint,
+                "kind": self.source.kind if self.source else "in-memory",
+                "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "vocab_rows": self.vocab_rows}
+
+
+def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    src = resolve_source(spec)
+    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if src.gguf_file:
+        kw["gguf_file"] = src.gguf_file
+    return AutoTokenizer.from_pretrained(src.path, **kw)
+
+
+def load_model(spec: str, *, dtype: str = "auto", device: str | None = None, trust_remote_code: bool = False,
+               tokenizer_spec: str | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer from a spec (see module doc), in eval mode on ``device``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or default_device()
+    src = resolve_source(spec)
+    torch_dtype = resolve_dtype(dtype, device)
+    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if src.gguf_file:
+        kw["gguf_file"] = src.gguf_file
+    logger.info("loading %s (%s) as %s on %s", spec, src.kind, str(torch_dtype).replace("torch.", ""), device)
+    model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch_dtype, **kw)
+    if src.gguf_file:
+        model.hf_quantizer = None
+    model.to(device).eval()
+    tok = AutoTokenizer.from_pretrained(tokenizer_spec or src.path, **kw)
+    return LoadedModel(model, tok, spec, fingerprint(src, model), src)
+
+
+class VocabMismatchError(ValueError):
+    pass
+
+
+def check_vocab(expert: LoadedModel, amateur: LoadedModel, allow_mismatch: bool = False) -> int:
+    """Check that both tokenizers map the same ids to the same tokens; return the vocabulary size to compare on.
+
+    Embedding rows beyond a tokenizer's vocabulary are padding and are not compared. The returned size is the
+    number of output rows both models share (their common logit width). With differing tokenizers this is an
+    error, unless ``allow_mismatch``: then the common prefix of identical ids is used, with a warning.
+    """
+    te, ta = expert.tokenizer, amateur.tokenizer
+    ve, va = _id_to_token(te), _id_to_token(ta)
+    shared = min(len(ve), len(va))
+    diffs = [i for i in range(shared) if ve[i] != va[i]]
+    rows = min(expert.vocab_rows, amateur.vocab_rows)
+    if len(ve) > expert.vocab_rows or len(va) > amateur.vocab_rows:
+        raise VocabMismatchError(f"a tokenizer has more tokens than its model has output rows: {expert.spec} "
+                                 f"{len(ve)} tokens / {expert.vocab_rows} rows, {amateur.spec} {len(va)} / "
+                                 f"{amateur.vocab_rows}")
+    if not diffs and len(ve) == len(va):
+        if expert.vocab_rows != amateur.vocab_rows:
+            logger.info("output rows differ (%d vs %d) only in padding; comparing the first %d",
+                        expert.vocab_rows, amateur.vocab_rows, rows)
+        return rows
+    first = diffs[0] if diffs else shared
+    if not allow_mismatch:
+        shown = ", ".join(f"id {i}: {ve.get(i)!r} vs {va.get(i)!r}" for i in (diffs[:5] or [shared]))
+        raise VocabMismatchError(
+            f"the expert {expert.spec!r} and the amateur {amateur.spec!r} have different vocabularies "
+            f"({len(ve)} vs {len(va)} tokens, {len(diffs)} differing ids below {shared}; first: {shown}). "
+            f"Choose an amateur from the expert's model family, or pass --allow-vocab-mismatch to compare only "
+            f"ids 0..{first - 1} (the authors' script truncates silently).")
+    logger.warning("vocabularies differ from id %d on; --allow-vocab-mismatch compares ids 0..%d only", first,
+                   first - 1)
+    return min(first, rows)
+
+
+def _id_to_token(tok: Any) -> dict[int, str]:
+    vocab = dict(tok.get_vocab())
+    return {i: t for t, i in vocab.items()}
