@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -147,7 +148,7 @@ def resolve(cls: type[T], *, yaml_values: Mapping[str, Any] | None = None, cli: 
         for key, raw in mapping.items():
             name = str(key).replace("-", "_")
             if name not in names:
-                close = [n for n in names if n.startswith(name[:4])][:3]
+                close = difflib.get_close_matches(name, sorted(names), n=3, cutoff=0.7)
                 hint = f" (did you mean {', '.join(flag_name(c) for c in close)}?)" if close else ""
                 problems.append(f"{flag_name(name)}: unknown option in the {origin_name}{hint}")
                 continue
@@ -156,16 +157,15 @@ def resolve(cls: type[T], *, yaml_values: Mapping[str, Any] | None = None, cli: 
             except ValueError as e:
                 problems.append(str(e))
     _check_choices(cls, values, problems)
+    bad = {p.split(":")[0].split(" ")[0] for p in problems}
+    missing = [f for f in dataclasses.fields(cls) if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    problems += [f"{flag_name(f.name)} is required" for f in missing]
     cfg = None
-    if not problems:
-        try:
-            cfg = cls(**values)
-        except TypeError as e:  # a required field left unset
-            missing = [f for f in dataclasses.fields(cls) if f.name not in values
-                       and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-            problems += [f"{flag_name(f.name)} is required" for f in missing] or [str(e)]
-    if cfg is not None and hasattr(cfg, "validate"):
-        problems += list(cfg.validate())
+    if not missing:
+        cfg = cls(**values)
+        # Validate what did parse too, so every problem is reported in one go; skip flags already reported.
+        problems += [p for p in getattr(cfg, "validate", lambda: [])() if p.split(" ")[0] not in bad]
     if problems:
         raise ConfigError(problems, source)
     return cfg  # type: ignore[return-value]
