@@ -15,6 +15,7 @@ Shapes: ``N`` steps (rows), ``V`` vocabulary, ``K`` the widest sparse label in a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -69,27 +70,41 @@ class StepReduction:
 
 
 def reduce_step(logits_expert: torch.Tensor, logits_amateur: torch.Tensor, alpha: float, contrast: bool = True,
-                top: int = 5) -> StepReduction:
+                top: int = 5, eps: float = EPS) -> StepReduction:
     """Reduce the two models' raw logits at ``N`` steps to KL, entropies and a sparse soft label.
 
     ``logits_*``: ``[N, V]`` over the same vocabulary (any dtype; computed in float32). Labels are returned for
     every row; selection by ``beta`` is the caller's. The sparse label lists ``V_t`` in decreasing weight.
+
+    Equal to :func:`expert_amateur_kl`, :func:`entropy`, :func:`plausible_mask` and :func:`contrastive_label`
+    composed, but with one pass per full-vocabulary quantity: ``V_t`` is by definition a top-k set of ``p_E``,
+    so the label is computed on the ``k`` gathered tokens instead of the whole vocabulary.
     """
-    le = torch.log_softmax(logits_expert.float(), dim=-1)
-    la = torch.log_softmax(logits_amateur.float(), dim=-1)
-    mask = plausible_mask(le, alpha)
-    label = contrastive_label(le, la, mask, contrast)
-    k = int(mask.sum(-1).max())
-    weights, ids = label.topk(k, dim=-1)
-    in_set = torch.gather(mask, 1, ids)
-    ids = ids.masked_fill(~in_set, -1)
-    weights = weights.masked_fill(~in_set, 0.0)
-    tpe, tie = le.topk(top, dim=-1)
+    le = torch.log_softmax(logits_expert, dim=-1, dtype=torch.float32)
+    la = torch.log_softmax(logits_amateur, dim=-1, dtype=torch.float32)
+    pe, pa = le.exp(), la.exp()
+    kl = (pe * torch.log((pe + eps) / (pa + eps))).sum(-1)
+    ent_e, ent_a = -(pe * le).sum(-1), -(pa * la).sum(-1)
+    del pe, pa
+    thresh = le.max(-1, keepdim=True).values + math.log(alpha)
+    k = max(top, 16)
+    top_le, top_ids = le.topk(min(k, le.shape[-1]), dim=-1)  # sorted by p_E, descending
+    if bool((top_le[:, -1:] >= thresh).any()) and k < le.shape[-1]:  # a plausible set wider than k: rare
+        k = int((le >= thresh).sum(-1).max())
+        top_le, top_ids = le.topk(max(k, top), dim=-1)
+    in_set = top_le >= thresh
+    score = top_le - la.gather(1, top_ids) if contrast else top_le
+    w = torch.softmax(score.masked_fill(~in_set, float("-inf")), dim=-1)
+    w, order = w.sort(dim=-1, descending=True, stable=True)
+    ids = top_ids.gather(1, order)
+    valid = in_set.gather(1, order)
+    n = int(in_set.sum(-1).max())
     tpa, tia = la.topk(top, dim=-1)
-    return StepReduction(kl=expert_amateur_kl(le, la), expert_entropy=entropy(le), amateur_entropy=entropy(la),
-                         top1_agree=tie[:, 0] == tia[:, 0], label_ids=ids, label_weights=weights,
-                         expert_top_ids=tie, expert_top_probs=tpe.exp(), amateur_top_ids=tia,
-                         amateur_top_probs=tpa.exp())
+    return StepReduction(kl=kl, expert_entropy=ent_e, amateur_entropy=ent_a, top1_agree=top_ids[:, 0] == tia[:, 0],
+                         label_ids=ids[:, :n].masked_fill(~valid[:, :n], -1),
+                         label_weights=w[:, :n].masked_fill(~valid[:, :n], 0.0),
+                         expert_top_ids=top_ids[:, :top], expert_top_probs=top_le[:, :top].exp(),
+                         amateur_top_ids=tia, amateur_top_probs=tpa.exp())
 
 
 def soft_label_kl_loss(logits: torch.Tensor, label_ids: torch.Tensor, label_weights: torch.Tensor,

@@ -131,7 +131,7 @@ class ScoringParams:
     include_first_step: bool = False
     max_new_tokens: int = 128
     amateur_pass: str = "teacher-forced"
-    chunk_steps: int = 64  # (row, step) pairs reduced at once in teacher-forced mode
+    chunk_steps: int = 128  # (row, step) pairs reduced at once in teacher-forced mode
 
     @classmethod
     def from_config(cls, cfg: SampleConfig) -> "ScoringParams":
