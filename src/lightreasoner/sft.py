@@ -1,0 +1,213 @@
+"""The paper's baseline: rejection-sampling SFT (RFT).
+
+The expert samples ``k`` solutions per training problem at a temperature; the solutions whose final answer is
+right (graded as ``eval`` grades GSM8K) are kept, and the expert is LoRA-tuned on them with the same LoRA
+settings as LightReasoner, on completion tokens only.
+
+Training reuses :mod:`.train`: a kept solution becomes a sample record whose every completion position is a
+"kept step" with a one-hot label, and ``KL(one-hot || p) = -log p(token)`` is exactly the SFT cross-entropy.
+So "tuned tokens" are counted the same way for both methods.
+
+Outputs (``--output DIR``): ``candidates.jsonl`` (every sampled solution with its verdict; resumable),
+``train_samples.jsonl`` (+ manifest), ``adapter/`` (the train output) and ``summary.json`` (problems sampled and
+used, trajectories, tuned tokens, sampling and training time).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import option, resolve, to_dict
+from .embedded import DEFAULT_EXPERT
+from .problems import Problem, load_problems
+from .sample import DEFAULT_SYSTEM_PROMPT, build_prompt_ids
+from .utils import InputError, JsonlAppender, environment_info, read_complete_jsonl, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Rejection-sampling SFT baseline: sample k solutions per problem, keep the right ones, LoRA-tune on them.
+
+    example: lightreasoner sft --data ../shared/data/gsm8k_train.jsonl --max-problems 128 --output runs/sft
+    """
+
+    output: str = option(help="output folder")
+    expert: str = option(DEFAULT_EXPERT, "expert model (same forms as in sample)")
+    data: str | None = option(None, "problems with reference answers (GSM8K form); none = built-in generator")
+    split: str = option("train", "split to read from a folder or hub dataset")
+    question_field: str = option("question", "field holding the question")
+    answer_field: str = option("answer", "field holding the reference answer (text after #### is used)")
+    max_problems: int | None = option(None, "use the first N problems")
+    shuffle_seed: int | None = option(None, "take a seeded random subset instead of the first N")
+    skip_bad_rows: bool = option(False, "skip malformed rows (counted) instead of stopping")
+    generator_seed: int = option(0, "seed of the built-in problem generator")
+    system_prompt: str = option(DEFAULT_SYSTEM_PROMPT, "system message of the chat prompt")
+    samples_per_problem: int = option(4, "solutions sampled per problem (k)")
+    temperature: float = option(0.7, "sampling temperature")
+    max_new_tokens: int = option(512, "longest solution, in tokens")
+    batch_size: int = option(16, "sequences decoded together")
+    seed: int = option(0, "sampling seed")
+    steps_per_update: int = option(2048, "completion tokens per optimizer update")
+    max_steps: int = option(1000, "optimizer updates (ignored when --epochs is set)")
+    epochs: float | None = option(2.0, "passes over the kept solutions")
+    lr: float = option(5e-5, "peak learning rate")
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: float = option(16, "LoRA alpha")
+    lora_targets: tuple[str, ...] = option(("q_proj", "v_proj"), "LoRA target modules")
+    dtype: str = option("auto", "model dtype", choices=("auto", "float32", "bfloat16", "float16"))
+    device: str | None = option(None, "device (default: cuda if available, else cpu)")
+    progress: bool = option(True, "show progress bars")
+
+    def validate(self) -> list[str]:
+        errs = []
+        if self.samples_per_problem < 1:
+            errs.append(f"--samples-per-problem must be >= 1, got {self.samples_per_problem}")
+        if self.temperature <= 0:
+            errs.append(f"--temperature must be > 0 for sampling, got {self.temperature}")
+        return errs
+
+
+def grade_against_reference(completion: str, answer: str) -> tuple[str | None, bool]:
+    """Grade a solution against a problem's reference answer with the GSM8K rules of ``eval``."""
+    from .grading import grade
+
+    res = grade("gsm8k", {"question": "", "answer": f"#### {answer}"}, completion)
+    return res.pred, bool(res.correct)
+
+
+def sample_candidates(model: Any, tokenizer: Any, problems: Sequence[Problem], path: str | Path, *, k: int,
+                      temperature: float, max_new_tokens: int, batch_size: int, seed: int,
+                      system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress: bool = True) -> None:
+    """Append ``k`` graded samples per problem to ``path``, in fixed chunks (resumable, deterministic by seed)."""
+    from tqdm.auto import tqdm
+
+    from .evaluate import iter_generate
+
+    done = {r["id"] for r in read_complete_jsonl(path)}
+    per_chunk = max(1, batch_size // k)
+    chunks = [list(problems[i:i + per_chunk]) for i in range(0, len(problems), per_chunk)]
+    right = total = 0
+    bar = tqdm(total=len(problems), initial=sum(all(f"{p.id}#{j}" in done for j in range(k)) for p in problems),
+               desc="sft sampling", unit="problem", disable=not progress)
+    with JsonlAppender(path) as out:
+        for c, chunk in enumerate(chunks):
+            if all(f"{p.id}#{j}" in done for p in chunk for j in range(k)):
+                continue
+            prompts = [build_prompt_ids(tokenizer, p.question, system_prompt) for p in chunk for _ in range(k)]
+            outs = [None] * len(prompts)
+            for idx, gens, _ in iter_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                              batch_size=len(prompts), temperature=temperature,
+                                              seed=seed * 100_003 + c):
+                for i, g in zip(idx, gens):
+                    outs[i] = g
+            records = []
+            for n, (prompt, g) in enumerate(zip(prompts, outs)):
+                p, j = chunk[n // k], n % k
+                pred, ok = grade_against_reference(g.text, p.answer or "")
+                records.append({"id": f"{p.id}#{j}", "problem_id": p.id, "question": p.question,
+                                "prompt_ids": prompt, "completion_ids": g.ids, "completion": g.text,
+                                "finish_reason": g.finish_reason, "pred": pred, "answer": p.answer, "correct": ok})
+                right += ok
+                total += 1
+            out.write_many([r for r in records if r["id"] not in done])
+            bar.update(len(chunk))
+            bar.set_postfix(correct=f"{right / max(total, 1):.1%}")
+    bar.close()
+
+
+def sft_records(candidates: Sequence[dict]) -> list[dict]:
+    """Kept (correct, finished, de-duplicated) solutions as sample records with a one-hot label per token."""
+    seen, out = set(), []
+    for c in candidates:
+        key = (c["problem_id"], tuple(c["completion_ids"]))
+        if not c["correct"] or c["finish_reason"] == "length" or key in seen:
+            continue
+        seen.add(key)
+        comp = c["completion_ids"]
+        out.append({"id": c["id"], "question": c["question"], "prompt_ids": c["prompt_ids"], "completion_ids": comp,
+                    "steps": [{"pos": t, "kl": 0.0, "token_ids": [tok], "weights": [1.0]}
+                              for t, tok in enumerate(comp)]})
+    return out
+
+
+def main(cfg: SFTConfig) -> int:
+    from . import train as train_stage
+    from .models import load_model
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "summary.json").exists():
+        logger.info("%s is complete; nothing to do", out / "summary.json")
+        return 0
+    problems = load_problems(cfg.data, split=cfg.split, question_field=cfg.question_field,
+                             answer_field=cfg.answer_field, max_problems=cfg.max_problems,
+                             shuffle_seed=cfg.shuffle_seed, skip_bad_rows=cfg.skip_bad_rows,
+                             generator_seed=cfg.generator_seed)
+    missing = [p.id for p in problems if not p.answer]
+    if missing:
+        raise InputError(f"--data {cfg.data}: {len(missing)} problems have no reference answer in "
+                         f"--answer-field {cfg.answer_field!r} (first: {missing[0]}); SFT needs them to grade")
+    timings = read_json(out / "timings.json") if (out / "timings.json").exists() else {}
+    cand_path = out / "candidates.jsonl"
+    if len(read_complete_jsonl(cand_path)) < len(problems) * cfg.samples_per_problem:
+        expert = load_model(cfg.expert, dtype=cfg.dtype, device=cfg.device)
+        t0 = time.perf_counter()
+        sample_candidates(expert.model, expert.tokenizer, problems, cand_path, k=cfg.samples_per_problem,
+                          temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                          batch_size=cfg.batch_size, seed=cfg.seed, system_prompt=cfg.system_prompt,
+                          progress=cfg.progress)
+        timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - t0
+        write_json(out / "timings.json", timings)
+        fingerprint, describe = expert.fingerprint, expert.describe()
+        del expert
+    else:
+        from .models import fingerprint as model_fingerprint, resolve_source
+
+        src = resolve_source(cfg.expert)
+        fingerprint, describe = model_fingerprint(src), {"spec": cfg.expert}
+    candidates = read_complete_jsonl(cand_path)
+    records = sft_records(candidates)
+    if not records:
+        raise InputError(f"no sampled solution was right ({len(candidates)} sampled); raise "
+                         f"--samples-per-problem or --temperature, or check --answer-field")
+    samples = out / "train_samples.jsonl"
+    tmp = samples.with_name(samples.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    with JsonlAppender(tmp) as fh:
+        fh.write_many(records)
+    tmp.replace(samples)
+    write_json(train_stage.manifest_path(samples), {"expert": {**describe, "fingerprint": fingerprint},
+                                                    "config": to_dict(cfg), "method": "rejection-sampling SFT"})
+    tcfg = resolve(train_stage.TrainConfig, cli={
+        "samples": str(samples), "output": str(out / "adapter"), "expert": cfg.expert,
+        "steps_per_update": cfg.steps_per_update, "max_steps": cfg.max_steps, "epochs": cfg.epochs, "lr": cfg.lr,
+        "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_targets": cfg.lora_targets, "dtype": cfg.dtype,
+        "save_every": None, "system_prompt": cfg.system_prompt})
+    t0 = time.perf_counter()
+    rc = train_stage.main(tcfg)
+    if rc:
+        return rc
+    timings["training"] = timings.get("training", 0.0) + time.perf_counter() - t0
+    write_json(out / "timings.json", timings)
+    tsum = read_json(out / "adapter" / "summary.json")
+    summary = {
+        "problems_sampled": len(problems),
+        "problems_used": len({r["id"].rsplit("#", 1)[0] for r in records}),
+        "samples": len(candidates),
+        "correct_samples": sum(c["correct"] for c in candidates),
+        "trajectories": len(records),
+        "tuned_tokens": tsum.get("kept_steps_seen", tsum.get("tuned_tokens")),
+        "time_s": {k: round(v, 2) for k, v in timings.items()},
+        "config": to_dict(cfg),
+        "environment": environment_info(),
+    }
+    write_json(out / "summary.json", summary)
+    logger.info("SFT: %d/%d problems had a right solution; %s tuned tokens", summary["problems_used"],
+                len(problems), summary["tuned_tokens"])
+    return 0
