@@ -1,0 +1,982 @@
+"""Grading as the Qwen2.5-Math evaluation toolkit does it (prompt type ``qwen25-math-cot``), verdict for verdict.
+
+This is an independent implementation of ``/work/shared/EVAL_SPEC.md`` (the toolkit in QwenLM/Qwen2.5-Math,
+folder ``evaluation/``, snapshot a45202b). The pipeline for one (example, completion) pair is:
+
+1. ``clean_completion``: right-strip, strip, cut at the first stop string (``</s>``, ``<|im_end|>``,
+   ``<|endoftext|>``) and strip again.
+2. ``extract_prediction`` = ``strip_string(extract_answer(text))``: predictions are normalised **twice**;
+   an empty text (or ``"error"``) gives ``None``.
+3. ``parse_gold``: the per-dataset gold, parsed in two passes exactly as the toolkit's generation loop and then its
+   scorer do (MATH normalised once, Minerva once without unit removal, every other dataset twice).
+4. The multiple-choice repair of the toolkit's main loop (a letter gold re-reads the whole completion).
+5. ``math_equal``: the toolkit's 12 ordered rules. A comparison that the cheap rules decide never leaves this
+   process; one that needs the symbolic step (sympy) runs whole in one reused worker process with a per-comparison
+   timeout (3 s, as the toolkit's pebble pool), so a pathological answer costs at most the timeout and is wrong.
+
+Model text is never ``eval``-ed: sympy's ``parse_expr`` (which evaluates Python) only sees strings that passed a
+token-level check (no strings, attribute access, underscores, keywords or unsafe callables), and only inside the
+worker, which also runs under an address-space limit.
+
+Dependencies: sympy, latex2sympy2_extended (installed with math-verify; stands in for the toolkit's bundled
+latex2sympy2 1.9.0), antlr4-python3-runtime (sympy's ``parse_latex`` wants 4.11; with another 4.x runtime we drive
+sympy's own generated 4.11 parser directly, which the runtime accepts), word2number.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from word2number import w2n
+
+from .config import option
+from .grading_data import MMLU_STEM_DEMOS, UNIT_TEXTS
+from .utils import InputError
+
+logger = logging.getLogger("lightreasoner.grading")
+
+# The seven benchmarks of the paper's table, in its order.
+BENCHMARKS: tuple[str, ...] = ("gsm8k", "math", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem")
+# Also graded: MATH-500 (with the ``math`` rules; the toolkit has no such data name) and MAWPS.
+ALL_BENCHMARKS: tuple[str, ...] = BENCHMARKS + ("math500", "mawps")
+_RULES = {name: name for name in ALL_BENCHMARKS} | {"math500": "math"}
+
+MULTIPLE_CHOICE = ("mmlu_stem", "sat_math", "aqua", "gaokao2023")  # extract_answer returns the choice letter
+SKIP_UNIT = ("carp_en", "minerva_math")  # no unit-word removal for these
+LETTERS = ("A", "B", "C", "D", "E")
+STOP_STRINGS: tuple[str, ...] = ("</s>", "<|im_end|>", "<|endoftext|>")
+
+SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+QWEN25_MATH_COT_TEMPLATE = ("<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n"
+                            "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n")
+
+# Few-shot demos (question, answer); only mmlu_stem has them (Qwen's sh/eval.sh runs it 5-shot).
+FEW_SHOT: dict[str, list[tuple[str, str]]] = {"mmlu_stem": [tuple(d) for d in MMLU_STEM_DEMOS]}
+
+
+def _rules_for(benchmark: str) -> str:
+    try:
+        return _RULES[benchmark]
+    except KeyError:
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose from {', '.join(ALL_BENCHMARKS)}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompt
+# ---------------------------------------------------------------------------------------------------------------
+
+def build_qwen25_math_prompt(question: str, shots: Sequence[tuple[str, str]] = ()) -> str:
+    """The raw ``qwen25-math-cot`` prompt string (ChatML markup included; no chat template is applied).
+
+    Few-shot: each demo becomes ``q + "\\n" + a``; demos are joined by a blank line and the question follows after
+    another blank line, all inside one user turn. Only spaces are stripped from the ends.
+    """
+    text = question
+    if shots:
+        text = "\n\n".join(q + "\n" + a for q, a in shots) + "\n\n" + question
+    return QWEN25_MATH_COT_TEMPLATE.replace("{input}", text).strip(" ")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# strip_string: the toolkit's answer normaliser, step by step
+# ---------------------------------------------------------------------------------------------------------------
+
+_ARRAY_BEGIN = re.compile(r"\\begin\{array\}\{.*?\}")
+_ARRAY_END = re.compile(r"\\end\{array\}")
+_TRAILING_TEXT = re.compile(r"\\text{.*?}$")
+# (literal text that must occur for the pattern to match, pattern); the unit words are regexes whose only
+# metacharacter is "." (the cheap substring test skips most of the ~260 scans on long strings).
+_UNIT_PATTERNS = tuple((unit.split(".")[0], re.compile(r"(^|\W)" + unit + r"($|\W)")) for unit in UNIT_TEXTS)
+_TEXT_GROUP = re.compile(r"\\text\{(.*?)\}")
+_MBOX_GROUP = re.compile(r"\\mbox{.*?}")
+_ZERO_DECIMALS_INNER = re.compile(r"(\d+)\.0*([^\d])")
+_ZERO_DECIMALS_END = re.compile(r"(\d+)\.0*$")
+_SQRT_SHORTHAND = re.compile(r"\\sqrt(\w+)")
+_VARIABLE_PREFIXES = ("x=", "y=", "z=", "x\\in", "y\\in", "z\\in", "x\\to", "y\\to", "z\\to")
+
+
+def _words_to_number(text: str) -> str:
+    """word2number's reading of ``text`` (it ignores non-number words: ``"one apple"`` -> ``"1"``), else ``text``."""
+    try:
+        return str(w2n.word_to_num(text))
+    except Exception:
+        return text
+
+
+def _brace_frac_shorthands(s: str) -> str:
+    """``\\frac12`` -> ``\\frac{1}{2}``, ``\\frac1{72}`` -> ``\\frac{1}{72}``; a ``\\frac`` with fewer than two
+    characters after it leaves the whole string unchanged."""
+    head, *parts = s.split("\\frac")
+    out = head
+    for part in parts:
+        out += "\\frac"
+        if part.startswith("{"):
+            out += part
+            continue
+        if len(part) < 2:
+            return s
+        a, b, rest = part[0], part[1], part[2:]
+        out += "{" + a + "}{" + b + "}" + rest if b != "{" else "{" + a + "}" + b + rest
+    return out
+
+
+def _slash_to_frac(s: str) -> str:
+    """``a/b`` (exactly one slash, canonical integers, or any side containing ``sqrt``) -> ``\\frac{a}{b}``."""
+    parts = s.split("/")
+    if len(parts) != 2:
+        return s
+    try:
+        a, b = (p if "sqrt" in p else int(p) for p in parts)
+    except ValueError:
+        return s
+    if s != f"{a}/{b}":
+        return s
+    return "\\frac{" + str(a) + "}{" + str(b) + "}"
+
+
+def strip_string(string: Any, skip_unit: bool = False) -> str:
+    """The toolkit's ``strip_string``: 21 ordered normalisation steps (see EVAL_SPEC.md section 6)."""
+    s = str(string).strip()
+    # 1. newlines, trailing dots
+    s = s.replace("\n", "").rstrip(".")
+    # 2. \! ; array -> pmatrix ; bmatrix -> pmatrix
+    s = s.replace("\\!", "")
+    s = _ARRAY_BEGIN.sub(r"\\begin{pmatrix}", s)
+    s = _ARRAY_END.sub(r"\\end{pmatrix}", s)
+    s = s.replace("bmatrix", "pmatrix")
+    # 3. tfrac/dfrac -> frac ; relations
+    s = s.replace("tfrac", "frac").replace("dfrac", "frac")
+    s = s.replace("\\neq", "\\ne").replace("\\leq", "\\le").replace("\\geq", "\\ge")
+    # 4. \left \right \{ \}
+    s = s.replace("\\left", "").replace("\\right", "")
+    s = s.replace("\\{", "{").replace("\\}", "}")
+    # 5. a trailing \text{...} (from the first \text{ to a closing brace at the very end), unless that empties it
+    cut = _TRAILING_TEXT.sub("", s).strip()
+    if cut != "" and cut != s:
+        s = cut
+    # 6. unit words, two passes over the list, each removal kept only if something remains
+    if not skip_unit:
+        for _ in range(2):
+            for needle, pattern in _UNIT_PATTERNS:
+                if needle not in s:
+                    continue
+                cut = pattern.sub(r"\1\2", s)
+                if cut != "":
+                    s = cut
+    # 7. degrees, dollars, \( \)
+    s = s.replace("^{\\circ}", "").replace("^\\circ", "")
+    s = s.replace("\\$", "").replace("$", "")
+    s = s.replace("\\(", "").replace("\\)", "")
+    # 8. number words
+    s = _words_to_number(s)
+    # 9. \text{X} -> X ; variable prefixes (before spaces are removed)
+    s = _TEXT_GROUP.sub(r"\1", s)
+    for key in _VARIABLE_PREFIXES:
+        s = s.replace(key, "")
+    # 10. empty set, the real line
+    s = s.replace("\\emptyset", "{}").replace("(-\\infty,\\infty)", "\\mathbb{R}")
+    # 11. percent signs ; " ." and "{." get a leading zero
+    s = s.replace("\\%", "").replace("%", "")
+    s = s.replace(" .", " 0.").replace("{.", "{0.")
+    # 12. infinity
+    s = s.replace("infinity", "\\infty")
+    if "\\infty" not in s:
+        s = s.replace("inf", "\\infty")
+    s = s.replace("+\\inity", "\\infty")  # present in the toolkit; practically never fires
+    # 13. "and", \mathbf, \mbox{...}
+    s = s.replace("and", "").replace("\\mathbf", "")
+    s = _MBOX_GROUP.sub("", s)
+    # 14. j -> i when there is no i
+    if "j" in s and "i" not in s:
+        s = s.replace("j", "i")
+    # 15. zero-only decimal parts
+    s = _ZERO_DECIMALS_INNER.sub(r"\1\2", s)
+    s = _ZERO_DECIMALS_END.sub(r"\1", s)
+    # 16. empty ; leading "."
+    if not s:
+        return s
+    if s[0] == ".":
+        s = "0" + s
+    # 17. "k = 5" -> " 5" (one "=", left side of at most two characters)
+    sides = s.split("=")
+    if len(sides) == 2 and len(sides[0]) <= 2:
+        s = sides[1]
+    # 18. \sqrt3 -> \sqrt{3}
+    s = _SQRT_SHORTHAND.sub(r"\\sqrt{\1}", s)
+    # 19. spaces
+    s = s.replace(" ", "")
+    # 20. \frac shorthands ; 21. a/b
+    s = _brace_frac_shorthands(s)
+    return _slash_to_frac(s)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Answer extraction
+# ---------------------------------------------------------------------------------------------------------------
+
+_CHOICE = re.compile(r"\b(A|B|C|D|E)\b")
+_CHOICE_TRIGGERS = ("choice is", "answer is")
+_CHOICE_SPLIT = re.compile("|".join(_CHOICE_TRIGGERS))
+_LAST_NUMBER = re.compile(r"-?\d*\.?\d+")
+_NEWLINE_AND_INDENT = re.compile(r"\n\s*")
+
+
+def choice_answer_clean(text: str) -> str:
+    """The toolkit's multiple-choice reader (parser version).
+
+    With more than one "choice is"/"answer is", only the text before the first blank line counts. After the last
+    trigger the **first** standalone A-E letter of the upper-cased text wins; with no trigger, the **last** one (so
+    an English article "a" counts as ``A``). With no letter, the cleaned text itself is returned.
+    """
+    pred = text.strip("\n")
+    if any(pred.count(t) > 1 for t in _CHOICE_TRIGGERS):
+        pred = pred.split("\n\n")[0]
+    pieces = _CHOICE_SPLIT.split(pred)
+    triggered = len(pieces) > 1
+    if triggered:
+        pred = pieces[-1]
+    pred = pred.strip("\n").rstrip(".").rstrip("/").strip(" ").lstrip(":")
+    letters = _CHOICE.findall(pred.upper()) or [pred.strip().strip(".")]
+    pred = letters[0] if triggered else letters[-1]
+    return pred.rstrip(".").rstrip("/")
+
+
+def _last_choice_letter(text: str) -> str:
+    """The grader's simpler letter cleaner: the last standalone A-E letter of the upper-cased text, no triggers."""
+    pred = text.strip("\n").rstrip(".").rstrip("/").strip(" ").lstrip(":")
+    letters = _CHOICE.findall(pred.upper())
+    pred = letters[-1] if letters else pred.strip().strip(".")
+    return pred.rstrip(".").rstrip("/")
+
+
+def _boxed_content(text: str) -> str:
+    """Content after the last ``boxed``: brace-balanced if it opens with ``{`` (to the end when never closed),
+    else up to the first ``$``, stripped."""
+    tail = text.split("boxed")[-1]
+    if not tail:
+        return ""
+    if tail[0] != "{":
+        return tail.split("$")[0].strip()
+    depth = 1
+    for i in range(1, len(tail)):
+        c = tail[i]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return tail[1:i]
+    return tail[1:]
+
+
+def extract_answer(text: str, benchmark: str) -> str:
+    """The toolkit's ``extract_answer`` (section 6 of the spec); ends with one ``strip_string``."""
+    text = text.replace("\u043a\u0438", "")  # the "ки" step tag
+    if benchmark in MULTIPLE_CHOICE:
+        return choice_answer_clean(text)
+    if "final answer is $" in text and "$. I hope" in text:  # Minerva style
+        pred = text.split("final answer is $", 1)[1].split("$. I hope", 1)[0].strip()
+    elif "boxed" in text:
+        if not text.split("boxed")[-1]:
+            return ""
+        pred = _boxed_content(text)
+    elif "he answer is" in text:
+        pred = text.split("he answer is")[-1].strip()
+    elif "final answer is" in text:
+        pred = text.split("final answer is")[-1].strip()
+    elif "答案是" in text:
+        pred = text.split("答案是")[1].strip().split("\n\n")[0].strip()
+    else:
+        numbers = _LAST_NUMBER.findall(text.replace(",", ""))
+        pred = numbers[-1] if numbers else ""
+    # (the toolkit's "mmlu" letter step here is unreachable: mmlu_stem returned above)
+    pred = _NEWLINE_AND_INDENT.sub("", pred)
+    if pred[:1] == ":":
+        pred = pred[1:]
+    if pred[-1:] == ".":
+        pred = pred[:-1]
+    if pred[-1:] == "/":
+        pred = pred[:-1]
+    return strip_string(pred, skip_unit=benchmark in SKIP_UNIT)
+
+
+def clean_completion(text: str) -> str:
+    """Right-strip and strip; cut at the first stop string and strip again (the toolkit's post-generation step)."""
+    code = text.rstrip().strip()
+    for stop in STOP_STRINGS:
+        if stop in code:
+            code = code.split(stop)[0].strip()
+    return code
+
+
+def extract_prediction(benchmark: str, completion: str) -> str | None:
+    """``strip_string(extract_answer(...))`` of the completion after :func:`clean_completion` (idempotent, so a
+    cleaned text may be passed too); ``None`` when it is empty or ``"error"``. No multiple-choice repair here."""
+    rules = _rules_for(benchmark)
+    code = clean_completion(completion)
+    if not code or code == "error":
+        return None
+    return strip_string(extract_answer(code, rules), skip_unit=rules in SKIP_UNIT)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Questions and golds
+# ---------------------------------------------------------------------------------------------------------------
+
+def _first_pass_gold(rules: str, example: dict) -> str:
+    """``parse_ground_truth`` on a raw row (the gold the toolkit stores, and uses for the MC repair)."""
+    if rules in ("math", "minerva_math"):
+        gold = extract_answer(example["solution"], rules)
+    elif rules == "gsm8k":
+        gold = example["answer"].split("####")[1]
+    elif rules == "svamp":
+        gold = example["Answer"]
+    elif rules == "asdiv":
+        gold = re.sub(r"\(.*?\)", "", example["answer"])
+    elif rules == "mawps":
+        gold = example["target"]
+    elif rules == "mmlu_stem":
+        gold = "ABCD"[example["answer"]]
+    elif rules == "olympiadbench":
+        gold = example["final_answer"][0].strip("$")
+    else:  # pragma: no cover - _rules_for guards this
+        raise ValueError(rules)
+    if rules in SKIP_UNIT:
+        return gold.replace("\\neq", "\\ne").replace("\\leq", "\\le").replace("\\geq", "\\ge")
+    return strip_string(gold)
+
+
+def _gold_passes(rules: str, example: dict) -> tuple[str, str]:
+    """(first-pass gold, second-pass gold); the second is what ``math_equal`` compares against."""
+    first = _first_pass_gold(rules, example)
+    if rules == "math":
+        second = extract_answer(str(example["solution"]).strip(), rules)
+    elif rules in SKIP_UNIT:
+        second = first
+    else:
+        second = strip_string(first)
+    return first, second
+
+
+def parse_gold(benchmark: str, example: dict) -> str:
+    """The gold answer as finally compared (after the toolkit's second parsing pass at scoring time)."""
+    return _gold_passes(_rules_for(benchmark), example)[1]
+
+
+def parse_question(benchmark: str, example: dict) -> str:
+    """The question text the toolkit puts into the prompt, with the (True or False) / (Yes or No) suffix.
+
+    Does not modify ``example`` (the toolkit rewrites mmlu_stem's ``choices`` in place; we do not).
+    """
+    rules = _rules_for(benchmark)
+    if rules == "asdiv":
+        question = f"{example['body'].strip()} {example['question'].strip()}"
+    elif rules == "svamp":
+        body = example["Body"].strip()
+        if not body.endswith("."):
+            body += "."
+        question = f"{body} {example['Question'].strip()}"
+    elif rules == "mmlu_stem":
+        options = list(example["choices"])
+        if len(options) != 4:
+            raise ValueError(f"mmlu_stem: expected 4 choices, got {len(options)}")
+        labelled = " ".join(f"({label}) {str(opt).strip()}" for label, opt in zip("ABCD", options))
+        question = f"{example['question'].strip()}\nAnswer Choices: {labelled}"
+    else:
+        question = next((example[k] for k in ("question", "problem", "Question", "input") if k in example), "")
+    gold = _first_pass_gold(rules, example).lower()
+    if gold in ("true", "false"):
+        question += " (True or False)"
+    if gold in ("yes", "no"):
+        question += " (Yes or No)"
+    return question.strip()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Equality: the ordered rules of the toolkit's math_equal
+# ---------------------------------------------------------------------------------------------------------------
+
+class _NeedsSymbolic(Exception):
+    """Raised by the cheap pass when a verdict needs sympy (the comparison then goes to the worker)."""
+
+
+def _defer_symbolic(a: str, b: str) -> bool:
+    raise _NeedsSymbolic
+
+
+def _parse_number(text: str) -> float | None:
+    """A float after removing commas; a trailing ``%`` or ``\\%`` divides by 100; else ``None``."""
+    text = str(text).replace(",", "")
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if text.endswith("%"):
+        text = text[:-1]
+        if text.endswith("\\"):
+            text = text[:-1]
+        try:
+            return float(text) / 100
+        except ValueError:
+            pass
+    return None
+
+
+def _isclose(a: float, b: float) -> bool:
+    return math.isclose(b, a, rel_tol=1e-4)
+
+
+_SET_GROUP = re.compile(r"\{.*,.*\}")
+_LIST_FORMAT = re.compile(r"(\(|\[).+(\)|\])")
+_MATRIX_BEGINS = ("\\begin{pmatrix}", "\\begin{bmatrix}")
+_MATRIX_ENDS = ("\\end{pmatrix}", "\\end{bmatrix}")
+
+
+def _sets_to_pmatrix(text: str) -> str:
+    """The gold's ``{a,b,...}`` groups rewritten as pmatrix (used when only the prediction is a pmatrix)."""
+    groups = _SET_GROUP.findall(text.strip())
+    return ", ".join("\\begin{pmatrix}" + g.strip("{}").replace(",", "\\") + "\\end{pmatrix}" for g in groups)
+
+
+def _is_matrix(text: str) -> bool:
+    return text.startswith(_MATRIX_BEGINS) and text.endswith(_MATRIX_ENDS)
+
+
+def _matrix_rows(text: str) -> list[str]:
+    body = text[len("\\begin{pmatrix}"):-len("\\end{pmatrix}")]
+    return [row.strip() for row in body.split("\\\\") if row.strip()]
+
+
+def _as_difference(equation: str) -> str:
+    lhs, rhs = equation.split("=")
+    return f"{lhs.strip()} - ({rhs.strip()})"
+
+
+def _math_equal(pred: str | None, gold: str | None, symbolic: Callable[[str, str], bool]) -> bool:
+    """The toolkit's ``math_equal`` (include_percentage=True, is_close=True); ``symbolic`` decides rule 11."""
+    # 1. None
+    if pred is None or gold is None:
+        return False
+    # 2. plain string equality
+    if pred.strip().lower() == gold.strip().lower():
+        return True
+    # 3. letter gold and the grader's letter cleaner
+    if gold in LETTERS and _last_choice_letter(pred) == gold:
+        return True
+    # 4. numbers: final when both sides are numeric (gold, gold/100 and gold*100 accepted)
+    p, g = _parse_number(pred), _parse_number(gold)
+    if p is not None and g is not None:
+        return any(_isclose(p, target) for target in (g / 100, g, g * 100))
+    # 5. empty prediction
+    if not pred:
+        return False
+    pred, gold = pred.strip(), gold.strip()
+    # 6. pmatrix prediction vs {a,b} gold
+    if "pmatrix" in pred and "pmatrix" not in gold:
+        gold = _sets_to_pmatrix(gold)
+    # 7. brackets
+    p_str, g_str = pred, gold
+    if (pred.startswith("[") and pred.endswith("]") and not gold.startswith("(")) or (
+            pred.startswith("(") and pred.endswith(")") and not gold.startswith("[")):
+        p_str, g_str = p_str.strip("[]()"), g_str.strip("[]()")
+    for ch in "{}()":
+        p_str, g_str = p_str.replace(ch, ""), g_str.replace(ch, "")
+    if p_str.lower() == g_str.lower():
+        return True
+    # 8. tuples / intervals, element by element (bracket type ignored); every element is evaluated, like the toolkit
+    if _LIST_FORMAT.match(pred) and _LIST_FORMAT.match(gold):
+        p_parts, g_parts = pred[1:-1].split(","), gold[1:-1].split(",")
+        if len(p_parts) == len(g_parts):
+            if all([_math_equal(a, b, symbolic) for a, b in zip(p_parts, g_parts)]):
+                return True
+    # 9. matrices, cell by cell
+    if _is_matrix(pred) and _is_matrix(gold):
+        p_rows, g_rows = _matrix_rows(pred), _matrix_rows(gold)
+        matched = len(p_rows) == len(g_rows)
+        for p_row, g_row in zip(p_rows, g_rows) if matched else ():
+            p_cells, g_cells = p_row.split("&"), g_row.split("&")
+            if len(p_cells) != len(g_cells) or not all(
+                    [_math_equal(a, b, symbolic) for a, b in zip(p_cells, g_cells)]):
+                matched = False
+                break
+        if matched:
+            return True
+    # 10. equations
+    if pred.count("=") == 1 and gold.count("=") == 1:
+        p_eq, g_eq = _as_difference(pred), _as_difference(gold)
+        if symbolic(p_eq, g_eq) or symbolic(f"-({p_eq})", g_eq):
+            return True
+    elif pred.count("=") == 1 and len(pred.split("=")[0].strip()) <= 2 and "=" not in gold:
+        if _math_equal(pred.split("=")[1], gold, symbolic):
+            return True
+    elif gold.count("=") == 1 and len(gold.split("=")[0].strip()) <= 2 and "=" not in pred:
+        if _math_equal(pred, gold.split("=")[1], symbolic):
+            return True
+    # 11. symbolic
+    return bool(symbolic(pred, gold))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Symbolic comparison (runs only in the worker process)
+# ---------------------------------------------------------------------------------------------------------------
+
+_SAFE_BUILTINS = frozenset({"abs", "max", "min", "round", "pow", "divmod", "sum", "len"})
+_UNSAFE_SYMPY = frozenset({
+    "lambdify", "sympify", "preview", "var", "symbols", "init_printing", "init_session", "test", "doctest",
+    "source", "textplot", "interactive_traversal", "plot", "plot_implicit", "plot_parametric", "plot3d",
+    "plot3d_parametric_line", "plot3d_parametric_surface", "plot_backends", "print_python", "python"})
+_ALLOWED_KEYWORDS = frozenset({"True", "False", "None", "and", "or", "not"})
+
+
+@functools.lru_cache(maxsize=None)
+def _unsafe_builtin_names() -> frozenset[str]:
+    import builtins
+    import types
+
+    return frozenset(n for n, v in vars(builtins).items() if isinstance(v, types.BuiltinFunctionType)) - _SAFE_BUILTINS
+
+
+@functools.lru_cache(maxsize=None)
+def _antlr_is_411() -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("antlr4-python3-runtime").startswith("4.11")
+    except PackageNotFoundError:
+        return False
+
+
+def _is_safe_python_expression(text: str) -> bool:
+    """Whether ``parse_expr`` (which ``eval``-s) may see ``text``: a token-level allow check.
+
+    Rejected: string literals, attribute access, names starting with ``_``, keywords other than True/False/None/
+    and/or/not, ``:=``, Python builtins that are not plain arithmetic, and sympy helpers that evaluate strings, run
+    programs or write files. Numbers, operators, brackets and other names (which sympy turns into symbols) pass.
+    """
+    import io
+    import keyword
+    import tokenize
+
+    unsafe_builtins = _unsafe_builtin_names()
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        return False
+    for tok in tokens:
+        if tok.type == tokenize.STRING or tokenize.tok_name.get(tok.type, "").startswith("FSTRING"):
+            return False
+        if tok.type == tokenize.OP and tok.string in (".", ":="):
+            return False
+        if tok.type == tokenize.NAME:
+            name = tok.string
+            if name.startswith("_") or name in unsafe_builtins or name in _UNSAFE_SYMPY:
+                return False
+            if keyword.iskeyword(name) and name not in _ALLOWED_KEYWORDS:
+                return False
+    return True
+
+
+def _sympy_parse_latex(text: str):
+    """sympy's ``parse_latex`` (non-strict). With an antlr runtime other than 4.11 (sympy refuses it by version
+    string) the same generated parser is driven directly, which the 4.x runtime runs unchanged."""
+    if _antlr_is_411():
+        from sympy.parsing.latex import parse_latex
+
+        return parse_latex(text)
+    import antlr4
+    from sympy.parsing.latex import _parse_latex_antlr as impl
+
+    if impl.LaTeXParser is None or impl.MathErrorListener is None:
+        raise ImportError("sympy's LaTeX parser is unavailable")
+    text = text.strip()
+    listener = impl.MathErrorListener(text)
+    lexer = impl.LaTeXLexer(antlr4.InputStream(text))
+    lexer.removeErrorListeners()
+    lexer.addErrorListener(listener)
+    parser = impl.LaTeXParser(antlr4.CommonTokenStream(lexer))
+    parser.removeErrorListeners()
+    parser.addErrorListener(listener)
+    return impl.convert_relation(parser.math().relation())
+
+
+def _sympy_parse_expr(text: str):
+    from sympy.parsing.sympy_parser import parse_expr
+
+    if not _is_safe_python_expression(text):
+        raise ValueError("refused: not a plain arithmetic expression")
+    return parse_expr(text)
+
+
+def _latex2sympy(text: str):
+    from latex2sympy2_extended.latex2sympy2 import ConversionConfig, latex2sympy
+
+    # No math-verify normalisation; no mixed fractions or lower-casing (closer to the toolkit's latex2sympy2 1.9).
+    config = ConversionConfig(interpret_as_mixed_fractions=False, lowercase_symbols=False)
+    return latex2sympy(text, normalization_config=None, conversion_config=config)
+
+
+def _parse_symbolic(text: str):
+    """First parser that succeeds (each tried with ``\\\\`` -> ``\\`` first, then on the raw text), else the text."""
+    for parse in (_sympy_parse_latex, _sympy_parse_expr, _latex2sympy):
+        for candidate in (text.replace("\\\\", "\\"), text):
+            try:
+                return parse(candidate)
+            except Exception:
+                pass
+    return text
+
+
+def _symbolic_equal(a: str, b: str) -> bool:
+    """The toolkit's ``symbolic_equal``. A side no parser understood stays a string; the toolkit would then hand it
+    to sympify (which ``eval``-s), so with a string side only the direct comparison is made."""
+    from sympy import N, simplify
+
+    a, b = _parse_symbolic(a), _parse_symbolic(b)
+    try:
+        if str(a) == str(b) or a == b:
+            return True
+    except Exception:
+        pass
+    if isinstance(a, str) or isinstance(b, str):
+        return False
+    try:
+        if a.equals(b) or simplify(a - b) == 0:
+            return True
+    except Exception:
+        pass
+    try:
+        if abs(a.lhs - a.rhs).equals(abs(b.lhs - b.rhs)):
+            return True
+    except Exception:
+        pass
+    try:
+        if _isclose(float(N(a)), float(N(b))):
+            return True
+    except Exception:
+        pass
+    try:
+        if a.shape == b.shape:
+            if a.applyfunc(lambda x: round(x, 3)).equals(b.applyfunc(lambda x: round(x, 3))):
+                return True
+    except Exception:
+        pass
+    return False
+
+
+WORKER_MEMORY_BYTES = 4 << 30  # address-space cap of the worker process
+WORKER_START_TIMEOUT = 120.0  # seconds allowed for the worker to import sympy and warm up
+
+
+def _serve_symbolic() -> None:
+    """The worker's main loop: one JSON request ``{"pred", "gold"}`` per stdin line, one JSON reply
+    ``{"ok": bool}`` or ``{"error": str}`` per line on the original stdout (sys.stdout itself goes to /dev/null,
+    since antlr prints version notices there). Starts by capping its memory and warming up the parsers, then
+    announces ``{"ready": true}``, so that no comparison's timeout pays for imports."""
+    import sys
+    import warnings
+
+    protocol = os.fdopen(os.dup(1), "w", encoding="ascii")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    sys.stdout = open(os.devnull, "w")
+    warnings.simplefilter("ignore")
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - platform without rlimits
+        pass
+    _symbolic_equal("\\frac{1}{2}", "0.5")
+    _symbolic_equal("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "x^2")
+    protocol.write('{"ready": true}\n')
+    protocol.flush()
+    for line in sys.stdin:
+        try:
+            request = json.loads(line)
+            reply = {"ok": bool(_math_equal(request["pred"], request["gold"], _symbolic_equal))}
+        except Exception as e:  # noqa: BLE001 - MemoryError and RecursionError included: a wrong answer
+            reply = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+        protocol.write(json.dumps(reply) + "\n")
+        protocol.flush()
+
+
+class _SymbolicWorker:
+    """A long-lived worker process for the symbolic step (started on first use, reused across calls, killed and
+    restarted after a timeout or a crash). A plain subprocess running :func:`_serve_symbolic`, talking JSON lines
+    over pipes: no fork of the (possibly multi-threaded, torch-loaded) parent, no pickling, no main-module
+    re-import."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._owner = os.getpid()  # a forked child must not talk to its parent's worker
+        self._buffer = b""
+        self._lock = threading.Lock()
+
+    def _start(self) -> None:
+        import sys
+
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self._buffer = b""
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "from lightreasoner.grading import _serve_symbolic; _serve_symbolic()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        try:
+            ready = self._read_line(WORKER_START_TIMEOUT)
+        except (TimeoutError, EOFError, OSError):
+            self._kill()
+            raise RuntimeError("the symbolic worker did not start (see its error output above)") from None
+        if json.loads(ready) != {"ready": True}:
+            self._kill()
+            raise RuntimeError(f"the symbolic worker said {ready!r} instead of ready")
+
+    def _read_line(self, timeout: float) -> bytes:
+        import select
+        import time
+
+        fd = self._proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise TimeoutError
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise EOFError
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            for pipe in (self._proc.stdin, self._proc.stdout):
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+            self._proc = None
+
+    def compare(self, pred: str, gold: str, timeout: float) -> tuple[bool, str | None]:
+        """(verdict, error) of the full ``math_equal`` in the worker; the timeout starts when the request is sent
+        to the idle, warmed-up worker. A timeout or a dead worker is a wrong answer with the reason."""
+        with self._lock:
+            if self._owner != os.getpid():
+                self._proc, self._owner = None, os.getpid()
+            try:
+                if self._proc is None or self._proc.poll() is not None:
+                    self._kill()
+                    self._start()
+                self._proc.stdin.write(json.dumps({"pred": pred, "gold": gold}).encode("ascii") + b"\n")
+                self._proc.stdin.flush()
+                reply = json.loads(self._read_line(timeout))
+            except TimeoutError:
+                logger.debug("symbolic comparison timed out after %gs; restarting the worker", timeout)
+                self._kill()
+                return False, f"timeout: the symbolic comparison took more than {timeout:g}s"
+            except (EOFError, OSError, ValueError) as e:
+                logger.warning("the symbolic worker died (%s); it will be restarted", type(e).__name__)
+                self._kill()
+                return False, f"the symbolic worker died ({type(e).__name__})"
+            except RuntimeError as e:
+                logger.warning("%s", e)
+                return False, str(e)
+        if "error" in reply:
+            return False, f"symbolic comparison failed: {reply['error']}"
+        return bool(reply["ok"]), None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._owner == os.getpid():
+                self._kill()
+
+
+_WORKER = _SymbolicWorker()
+atexit.register(_WORKER.close)
+
+
+def _cheap_verdict(pred: str | None, gold: str | None) -> bool | None:
+    """The verdict when no symbolic step is needed, else ``None``."""
+    try:
+        return _math_equal(pred, gold, _defer_symbolic)
+    except _NeedsSymbolic:
+        return None
+
+
+def _judge(pred: str | None, gold: str | None, timeout: float) -> tuple[bool, str | None]:
+    """(verdict, error): the cheap rules here, the whole comparison in the worker when sympy is needed."""
+    try:
+        verdict = _cheap_verdict(pred, gold)
+    except Exception as e:  # noqa: BLE001 - e.g. RecursionError on absurd input: wrong, with the reason
+        return False, f"{type(e).__name__}: {e}"
+    if verdict is not None:
+        return verdict, None
+    return _WORKER.compare(pred, gold, timeout)
+
+
+def math_equal(pred: str | None, gold: str | None, timeout: float = 3.0) -> bool:
+    """The toolkit's ``math_equal``; the symbolic step runs in the worker and counts as wrong after ``timeout`` s."""
+    return _judge(pred, gold, timeout)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Grading
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class GradeResult:
+    pred: str | None
+    gold: str
+    correct: bool
+    error: str | None = None
+
+
+def _is_letters_only(text: str) -> bool:
+    return all(c in LETTERS for c in text)
+
+
+def _prepare(rules: str, example: dict, completion: str) -> tuple[str | None, str, str]:
+    """(prediction after the MC repair, first-pass gold, compared gold)."""
+    first, gold = _gold_passes(rules, example)
+    code = clean_completion(completion)
+    pred = None if not code or code == "error" else strip_string(extract_answer(code, rules),
+                                                                 skip_unit=rules in SKIP_UNIT)
+    # The toolkit's multiple-choice repair (it looks at the stored first-pass gold).
+    if first in LETTERS and pred not in LETTERS:
+        pred = choice_answer_clean(code)
+    elif _is_letters_only(first) and pred is not None and not _is_letters_only(pred):
+        pred = "".join(c for c in pred if c in LETTERS)
+    return pred, first, gold
+
+
+def grade_many(benchmark: str, examples: Sequence[dict], completions: Sequence[str], timeout: float = 3.0,
+               progress: bool = True) -> list[GradeResult]:
+    """Grade ``completions[i]`` against ``examples[i]``; symbolic comparisons share the one worker process.
+
+    Never raises for any example or completion content: a failure or a timeout gives ``correct=False`` with
+    ``error`` set. An unknown ``benchmark`` raises ``ValueError``.
+    """
+    rules = _rules_for(benchmark)
+    if len(examples) != len(completions):
+        raise ValueError(f"{len(examples)} examples but {len(completions)} completions")
+    from tqdm.auto import tqdm
+
+    results: list[GradeResult] = []
+    n_right = 0
+    bar = tqdm(total=len(examples), desc=f"grading {benchmark}", disable=not progress, dynamic_ncols=True)
+    for example, completion in zip(examples, completions):
+        pred, gold = None, ""
+        try:
+            pred, _, gold = _prepare(rules, example, completion)
+            correct, error = _judge(pred, gold, timeout)
+            results.append(GradeResult(pred, gold, bool(correct), error))
+        except Exception as e:  # noqa: BLE001 - never raise for content; report it
+            results.append(GradeResult(pred, gold, False, f"{type(e).__name__}: {e}"))
+        n_right += results[-1].correct
+        bar.update(1)
+        bar.set_postfix(acc=f"{100.0 * n_right / len(results):.1f}", refresh=False)
+    bar.close()
+    return results
+
+
+def grade(benchmark: str, example: dict, completion: str, timeout: float = 3.0) -> GradeResult:
+    """Grade one completion (see :func:`grade_many`)."""
+    return grade_many(benchmark, [example], [completion], timeout=timeout, progress=False)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI: lightreasoner grade
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GradeConfig:
+    """Grade completions as the Qwen2.5-Math toolkit does (prompt type qwen25-math-cot).
+
+    Reads JSONL lines {"example": <benchmark row>, "completion": "<model text>"} and writes the same lines, in the
+    same order, with "pred", "gold" and "correct" added (and "error" where a line could not be graded)."""
+
+    benchmark: str = option(help="benchmark whose rules apply", choices=ALL_BENCHMARKS)
+    input: str = option(help="JSONL file of {\"example\": row, \"completion\": text} lines")
+    output: str = option(help="JSONL file to write (replaced atomically)")
+    timeout: float = option(3.0, "seconds allowed for one symbolic comparison (the toolkit's 3)")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.timeout > 0:
+            problems.append(f"--timeout must be > 0, got {self.timeout}")
+        if Path(self.input).resolve() == Path(self.output).resolve():
+            problems.append("--output must differ from --input")
+        return problems
+
+
+def _read_grade_input(path: str, rules: str) -> list[dict]:
+    if not Path(path).is_file():
+        raise InputError(f"--input: no such file {path!r}")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); fix or remove "
+                                 f"the line") from None
+            if not (isinstance(row, dict) and isinstance(row.get("example"), dict)
+                    and isinstance(row.get("completion"), str)):
+                raise InputError(f"{path}:{n}: expected {{\"example\": {{...}}, \"completion\": \"...\"}}; fix or "
+                                 f"remove the line")
+            try:
+                _gold_passes(rules, row["example"])
+            except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+                raise InputError(f"{path}:{n}: the example has no usable gold for this benchmark "
+                                 f"({type(e).__name__}: {e}); is --benchmark right?") from None
+            rows.append(row)
+    return rows
+
+
+def grade_main(cfg: GradeConfig) -> int:
+    """``lightreasoner grade``: grade a JSONL file of (example, completion) pairs; prints the accuracy."""
+    rules = _rules_for(cfg.benchmark)
+    rows = _read_grade_input(cfg.input, rules)
+    results = grade_many(cfg.benchmark, [r["example"] for r in rows], [r["completion"] for r in rows],
+                         timeout=cfg.timeout, progress=True)
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row, res in zip(rows, results):
+                record = {**row, "pred": res.pred, "gold": res.gold, "correct": bool(res.correct)}
+                if res.error is not None:
+                    record["error"] = res.error
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    n = len(results)
+    n_right = sum(r.correct for r in results)
+    n_failed = sum(r.error is not None for r in results)
+    acc = 100.0 * n_right / n if n else 0.0
+    print(f"{cfg.benchmark}: accuracy {acc:.1f} ({n_right}/{n}); could not be graded: {n_failed}; "
+          f"wrote {out}")
+    return 0
+
+
+__all__ = [
+    "BENCHMARKS", "ALL_BENCHMARKS", "FEW_SHOT", "STOP_STRINGS", "GradeResult", "GradeConfig",
+    "build_qwen25_math_prompt", "parse_question", "parse_gold", "extract_answer", "extract_prediction",
+    "strip_string", "choice_answer_clean", "clean_completion", "math_equal", "grade", "grade_many", "grade_main",
+]
