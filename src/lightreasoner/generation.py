@@ -10,6 +10,7 @@ Another backend (e.g. vLLM) plugs in by providing a function with :func:`generat
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -28,6 +29,16 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: Any) -> tupl
     return ids.to(device), mask.to(device)
 
 
+def cache_kwarg(model: Any) -> str:
+    """The forward argument that takes the KV cache: ``cache`` (transformers >= 5.24) or ``past_key_values``.
+
+    Passing the wrong one is silently ignored by older releases (every step would then see one token), so ask
+    the model's own signature (through a PEFT wrapper to the model it wraps).
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+
+
 class CachedDecoder:
     """One model's incremental forward passes over a batch whose rows can be dropped as they finish.
 
@@ -40,6 +51,7 @@ class CachedDecoder:
     def __init__(self, model: Any, capture_hidden: bool = False):
         self.model = model
         self.device = next(model.parameters()).device
+        self.cache_kw = cache_kwarg(model)
         self.cache: Any = None
         self.mask: torch.Tensor | None = None
         self.next_pos: torch.Tensor | None = None
@@ -64,7 +76,7 @@ class CachedDecoder:
         self.mask = attention_mask
         pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                         cache=self.cache, use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache})
         self.next_pos = pos[:, -1] + 1
         return out.logits[:, -1]
 
@@ -73,7 +85,7 @@ class CachedDecoder:
         assert self.mask is not None and self.next_pos is not None
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
         out = self.model(input_ids=tokens.view(-1, 1), attention_mask=self.mask,
-                         position_ids=self.next_pos.view(-1, 1), cache=self.cache, use_cache=True)
+                         position_ids=self.next_pos.view(-1, 1), use_cache=True, **{self.cache_kw: self.cache})
         self.next_pos = self.next_pos + 1
         return out.logits[:, -1]
 
