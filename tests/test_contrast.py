@@ -1,5 +1,6 @@
 """Properties of the method's math (contrast.py)."""
 
+import pytest
 import torch
 
 from lightreasoner.contrast import (contrastive_label, dense_kl_loss, dense_label, expert_amateur_kl,
@@ -85,3 +86,15 @@ def test_loss_is_zero_when_model_matches_label():
     assert soft_label_kl_loss(logits, ids, w).abs() < 1e-5
     logits[0, 0] = 0.0  # moving mass to a token outside the label (e.g. a special token) raises the loss
     assert soft_label_kl_loss(logits, ids, w) > 0.1
+
+
+@pytest.mark.slow
+def test_compiled_statistics_equal_eager():
+    from lightreasoner import contrast
+
+    e, a = _logits(10, n=9, v=40000).bfloat16(), _logits(11, n=9, v=40000).bfloat16()
+    fused = contrast.dense_stats(e, a)
+    eager = contrast._dense_stats(e, a)
+    assert contrast._compiled["fn"] is not contrast._dense_stats  # the compiled path really ran
+    for x, y in zip(fused, eager):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-4)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import sys
 from typing import Sequence
@@ -51,7 +52,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name == command and cls_name:
             cls = getattr(importlib.import_module(module), cls_name)
             if cls.__doc__:
-                sp.description = cls.__doc__.strip()
+                sp.description = inspect.cleandoc(cls.__doc__)
                 sp.formatter_class = argparse.RawDescriptionHelpFormatter
             sp.add_argument("--config", default=None, help="YAML file of options (command-line flags override it)")
             add_arguments(sp, cls)
@@ -60,7 +61,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if a in COMMANDS), None)
+    rest = argv[2:] if argv[:1] == ["--log-level"] else argv
+    command = rest[0] if rest and rest[0] in COMMANDS else None
     parser = build_parser(command)
     ns = parser.parse_args(argv)
     if not ns.command:

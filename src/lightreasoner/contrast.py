@@ -15,12 +15,15 @@ Shapes: ``N`` steps (rows), ``V`` vocabulary, ``K`` the widest sparse label in a
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+logger = logging.getLogger(__name__)
 EPS = 1e-12  # added to both distributions inside the KL's log, as the authors do
 
 
@@ -53,6 +56,38 @@ def contrastive_label(logp_expert: torch.Tensor, logp_amateur: torch.Tensor, mas
     return torch.softmax(score.masked_fill(~mask, float("-inf")), dim=-1)
 
 
+def _dense_stats(logits_expert: torch.Tensor, logits_amateur: torch.Tensor, eps: float = EPS):
+    """KL, both entropies and both log-distributions from raw logits ``[N, V]`` (float32 inside)."""
+    le = torch.log_softmax(logits_expert, dim=-1, dtype=torch.float32)
+    la = torch.log_softmax(logits_amateur, dim=-1, dtype=torch.float32)
+    pe, pa = le.exp(), la.exp()
+    kl = (pe * torch.log((pe + eps) / (pa + eps))).sum(-1)
+    return kl, -(pe * le).sum(-1), -(pa * la).sum(-1), le, la
+
+
+COMPILE_MIN_VOCAB = 32768  # below this the eager kernels are fast enough and compiling is not worth its start-up
+_compiled: dict[str, object] = {}
+
+
+def dense_stats(logits_expert: torch.Tensor, logits_amateur: torch.Tensor, eps: float = EPS):
+    """:func:`_dense_stats`, fused by ``torch.compile`` for real vocabularies (about 4x faster on CPU, where
+    the eager version makes a dozen passes over memory). ``LIGHTREASONER_COMPILE=0`` turns it off; if compiling
+    fails, the eager version is used with a warning."""
+    if logits_expert.shape[-1] < COMPILE_MIN_VOCAB or os.environ.get("LIGHTREASONER_COMPILE", "1") == "0":
+        return _dense_stats(logits_expert, logits_amateur, eps)
+    fn = _compiled.get("fn")
+    if fn is None:
+        fn = _compiled["fn"] = torch.compile(_dense_stats, dynamic=True)
+    if fn is not _dense_stats:
+        try:
+            return fn(logits_expert, logits_amateur, eps)
+        except Exception as e:  # no compiler toolchain, unsupported backend, ...
+            logger.warning("torch.compile of the step statistics failed (%s: %s); using eager kernels",
+                           type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            _compiled["fn"] = _dense_stats
+    return _dense_stats(logits_expert, logits_amateur, eps)
+
+
 @dataclass
 class StepReduction:
     """Everything a sampled step keeps once both full distributions are gone (all first dim ``N``)."""
@@ -77,18 +112,13 @@ def reduce_step(logits_expert: torch.Tensor, logits_amateur: torch.Tensor, alpha
     every row; selection by ``beta`` is the caller's. The sparse label lists ``V_t`` in decreasing weight.
 
     Equal to :func:`expert_amateur_kl`, :func:`entropy`, :func:`plausible_mask` and :func:`contrastive_label`
-    composed, but with one pass per full-vocabulary quantity: ``V_t`` is by definition a top-k set of ``p_E``,
-    so the label is computed on the ``k`` gathered tokens instead of the whole vocabulary.
+    composed, but cheaper: the full-vocabulary statistics are fused (:func:`dense_stats`), and since ``V_t`` is
+    by definition a top-k set of ``p_E``, the label is computed on the ``k`` gathered tokens only.
     """
-    le = torch.log_softmax(logits_expert, dim=-1, dtype=torch.float32)
-    la = torch.log_softmax(logits_amateur, dim=-1, dtype=torch.float32)
-    pe, pa = le.exp(), la.exp()
-    kl = (pe * torch.log((pe + eps) / (pa + eps))).sum(-1)
-    ent_e, ent_a = -(pe * le).sum(-1), -(pa * la).sum(-1)
-    del pe, pa
-    thresh = le.max(-1, keepdim=True).values + math.log(alpha)
-    k = max(top, 16)
-    top_le, top_ids = le.topk(min(k, le.shape[-1]), dim=-1)  # sorted by p_E, descending
+    kl, ent_e, ent_a, le, la = dense_stats(logits_expert, logits_amateur, eps)
+    k = min(max(top, 16), le.shape[-1])
+    top_le, top_ids = le.topk(k, dim=-1)  # sorted by p_E, descending
+    thresh = top_le[:, :1] + math.log(alpha)
     if bool((top_le[:, -1:] >= thresh).any()) and k < le.shape[-1]:  # a plausible set wider than k: rare
         k = int((le >= thresh).sum(-1).max())
         top_le, top_ids = le.topk(max(k, top), dim=-1)

@@ -954,7 +954,7 @@ def train(model: nn.Module, tokenizer: Any, trajectories: Sequence[Trajectory], 
                           grad_norm=r["grad_norm"], peak_memory_gb=_peak_memory(acc.device) / 2**30,
                           kept_steps_seen=state["kept_steps"], elapsed_s=state["train_time_s"])
         if (cfg.save_every and done % cfg.save_every == 0 and done < total) or (done == stop < total):
-            _save_checkpoint(acc, out / f"step-{done:06d}", state, cfg)
+            _save_checkpoint(acc, wrapper, out / f"step-{done:06d}", state, cfg)
     bar.close()
     metrics.close()
     if state["update"] < total:  # --stop-after: a checkpoint was left to resume from
@@ -997,12 +997,16 @@ def _epoch_fraction(plan: Sequence[Update], upd: Update, trajs: Sequence[Traject
     return min(1.0, max(0.0, seen / total))
 
 
-def _save_checkpoint(acc: Any, path: Path, state: dict, cfg: TrainConfig) -> None:
+def _save_checkpoint(acc: Any, wrapper: Any, path: Path, state: dict, cfg: TrainConfig) -> None:
     """Save weights/optimizer/scheduler/RNG, then (last) the trainer state that marks the folder complete."""
     acc.wait_for_everyone()
     acc.save_state(str(path), safe_serialization=not cfg.full)
+    adapter_state = None if cfg.full else acc.get_state_dict(wrapper)  # every rank takes part (FSDP gathers)
     acc.wait_for_everyone()
     if acc.is_main_process:
+        if adapter_state is not None:  # a loadable PEFT adapter of this point, for analyses across checkpoints
+            sd = {k[len("lm."):]: v for k, v in adapter_state.items() if k.startswith("lm.")}
+            acc.unwrap_model(wrapper).lm.save_pretrained(path / "adapter", state_dict=sd)
         write_json(path / TRAINER_STATE, {"state": state, "time": time.time()})
         if cfg.keep_checkpoints:
             done = sorted((d for d in path.parent.glob("step-*") if CHECKPOINT_RE.match(d.name)),
