@@ -560,8 +560,8 @@ def main(cfg: EvalConfig) -> int:
     if cfg.adapter:
         model = load_adapter(model, cfg.adapter)
         adapter_fp = file_fingerprint(cfg.adapter)
-    # models.fingerprint hashes a folder's config and safetensors headers, not the weights: the resolved path is
-    # part of the identity too, so another checkpoint of the same shape is not resumed into this folder.
+    # The resolved path is part of the identity too (besides the content fingerprint), so results of another
+    # checkpoint are never resumed into this folder.
     spec_path = Path(cfg.model).expanduser()  # type: ignore[arg-type]
     identity = {"model": str(spec_path.resolve()) if spec_path.exists() else cfg.model,
                 "model_fingerprint": loaded.fingerprint, "adapter_fingerprint": adapter_fp, "prompt": cfg.prompt,

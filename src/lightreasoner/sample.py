@@ -61,7 +61,7 @@ class SampleConfig:
     generator_seed: int = option(0, "seed of the built-in problem generator")
     system_prompt: str = option(DEFAULT_SYSTEM_PROMPT, "system message of the expert's chat template")
     max_new_tokens: int = option(128, "length of the expert's reasoning prefix, in tokens")
-    batch_size: int = option(16, "problems per batch")
+    batch_size: int = option(32, "problems per batch")
     alpha: float = option(0.2, "plausible set: tokens with p_E >= alpha * max p_E")
     beta: float = option(0.4, "keep steps with KL(p_E || p_A) >= beta")
     selection: bool = option(True, "select steps by beta (--no-selection keeps every step: ablation)")
@@ -438,9 +438,9 @@ def main(cfg: SampleConfig) -> int:
     else:
         records = read_complete_jsonl(output)
     summary = summarize(records, cfg.beta)
-    summary["counts"]["finished_with_eos"] = sum(
-        bool(r["completion_ids"]) and r["completion_ids"][-1] in eos_ids_of(expert.model, expert.tokenizer)
-        for r in records)
+    eos = set(eos_ids_of(expert.model, expert.tokenizer))
+    summary["counts"]["finished_with_eos"] = sum(bool(r["completion_ids"]) and r["completion_ids"][-1] in eos
+                                                 for r in records)
     summary["counts"]["bad_rows_skipped"] = stats.get("bad_rows", 0)
     if cfg.format == "reference":
         ref = reference_records(records, expert.tokenizer)
