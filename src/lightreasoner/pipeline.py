@@ -216,7 +216,7 @@ def perplexity_across_checkpoints(cfg: RunConfig, run: Path, eval_dir: str | Non
 
     from .evaluate import load_benchmark
     from .models import load_model
-    from .problems import Problem, gsm8k_final_answer  # noqa: F401  (gold text is the full GSM8K solution)
+    from .problems import Problem
     from .report import gold_perplexity
     from .sample import DEFAULT_SYSTEM_PROMPT
 
@@ -224,20 +224,22 @@ def perplexity_across_checkpoints(cfg: RunConfig, run: Path, eval_dir: str | Non
         write_json(run / "perplexity.json", {"skipped": "needs gsm8k solutions"})
         return 0
     rows = load_benchmark("gsm8k", eval_dir, limit=cfg.perplexity_problems)
+    # The gold text is the reference solution (its reasoning, without the final "#### n" line).
     problems = [Problem(str(i), r["question"], None, r["answer"].split("####")[0].strip()) for i, r in
                 enumerate(rows)]
     base = load_model(cfg.expert, dtype=cfg.dtype, device=cfg.device)
     points = [("base", 0, None)]
     adapter = run / "adapter"
     for d in sorted(adapter.glob("step-*")):
-        if (d / "adapter_config.json").exists() or any(d.rglob("adapter_config.json")):
+        if any(d.rglob("adapter_config.json")):
             points.append((d.name, int(d.name.split("-")[1]), d))
     points.append(("final", read_json(adapter / "summary.json").get("updates", 0), adapter))
     out = []
     for name, step, path in points:
         model = base.model
         if path is not None:
-            cfg_dir = path if (path / "adapter_config.json").exists() else next(path.rglob("adapter_config.json")).parent
+            top = path / "adapter_config.json"
+            cfg_dir = path if top.exists() else next(path.rglob("adapter_config.json")).parent
             model = PeftModel.from_pretrained(base.model, str(cfg_dir)).eval()
         nll, ppl = gold_perplexity(model, base.tokenizer, problems, DEFAULT_SYSTEM_PROMPT)
         out.append({"name": name, "step": step, "mean_nll": nll, "perplexity": ppl})
