@@ -87,7 +87,7 @@ def sample_candidates(model: Any, tokenizer: Any, problems: Sequence[Problem], p
     """Append ``k`` graded samples per problem to ``path``, in fixed chunks (resumable, deterministic by seed)."""
     from tqdm.auto import tqdm
 
-    from .evaluate import iter_generate
+    from .evaluate import generate_texts
 
     done = {r["id"] for r in read_complete_jsonl(path)}
     per_chunk = max(1, batch_size // k)
@@ -100,12 +100,8 @@ def sample_candidates(model: Any, tokenizer: Any, problems: Sequence[Problem], p
             if all(f"{p.id}#{j}" in done for p in chunk for j in range(k)):
                 continue
             prompts = [build_prompt_ids(tokenizer, p.question, system_prompt) for p in chunk for _ in range(k)]
-            outs = [None] * len(prompts)
-            for idx, gens, _ in iter_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                              batch_size=len(prompts), temperature=temperature,
-                                              seed=seed * 100_003 + c):
-                for i, g in zip(idx, gens):
-                    outs[i] = g
+            outs = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                  batch_size=len(prompts), temperature=temperature, seed=seed * 100_003 + c)
             records = []
             for n, (prompt, g) in enumerate(zip(prompts, outs)):
                 p, j = chunk[n // k], n % k
