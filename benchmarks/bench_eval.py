@@ -1,13 +1,19 @@
-"""Batched evaluation vs one problem at a time, on the same model and problems.
+"""Evaluation's decoding three ways, side by side on the same model and problems.
 
-Times the evaluation's generation (:func:`lightreasoner.evaluate.generate_texts`: greedy, stop strings) twice on
-the same prompts: with ``--batch-size`` (length-sorted, left-padded batches) and with batch size 1; prints both
-times, the speed-up, how many completions agree (greedy decoding should give the same tokens; bf16 may differ in a
-few places because padded batches round differently), and the grading time and accuracy (graded once).
+Times the evaluation's generation (:func:`lightreasoner.evaluate.generate_texts`: greedy, stop strings) on the
+same prompts as
+- ``continuous``: continuous batching with ``--batch-size`` slots (what ``eval`` does: a finished row's slot is
+  refilled from the waiting prompts);
+- ``fixed``: the same slots as fixed batches (a batch is refilled only once all its rows are done; what most
+  scripts do, and what ``eval`` did before);
+- ``one at a time``: batch size 1 (skip with ``--no-single``; slow on real models);
+and prints the times, the speed-ups, how many completions agree with ``continuous`` (greedy decoding should give
+the same tokens; bf16 may differ in a few places because padded batches round differently), and the grading time
+and accuracy (graded once).
 
     PYTHONPATH=src python benchmarks/bench_eval.py --shape tiny --limit 16 --max-new-tokens 64
     PYTHONPATH=src python benchmarks/bench_eval.py --model qwen2.5-coder-1.5b-instruct --limit 64 \\
-        --max-new-tokens 512 --batch-size 16 --results benchmarks/results.md
+        --max-new-tokens 512 --batch-size 32 --prompt chat --no-single
 
 ``--shape tiny|0.5b|1.5b`` uses a random Qwen2 model of that shape with the byte-level test tokenizer (no
 download); ``--model`` takes any model spec. Problems come from ``--data-dir`` (the toolkit's layout; default
@@ -48,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt", default="qwen25-math", choices=E.PROMPT_TYPES)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default=None)
+    p.add_argument("--no-single", action="store_true", help="skip the one-at-a-time arm")
     p.add_argument("--results", default=None, help="append a markdown row to this file")
     return p.parse_args(argv)
 
@@ -77,43 +84,45 @@ def main(argv: list[str] | None = None) -> int:
     prompts = E.encode_prompts(tok, [t for t in texts if t], args.prompt)
     gen_kw = dict(max_new_tokens=args.max_new_tokens, max_batch_tokens=args.max_batch_tokens)
     E.generate_texts(model, tok, prompts[:2], max_new_tokens=4, batch_size=2)  # warm-up (kernels, allocator)
+    arms = [("continuous", args.batch_size, None), ("fixed", args.batch_size, args.batch_size)]
+    if not args.no_single:
+        arms.append(("one at a time", 1, None))
     timings, outputs = {}, {}
-    for label, bs in (("batched", args.batch_size), ("one at a time", 1)):
+    for label, bs, refill in arms:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        outputs[label] = E.generate_texts(model, tok, prompts, batch_size=bs, **gen_kw)
+        outputs[label] = E.generate_texts(model, tok, prompts, batch_size=bs, refill=refill, **gen_kw)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         timings[label] = time.perf_counter() - t0
+        print(f"{label}: {timings[label]:.1f} s", flush=True)
     # Grading costs the same either way: done once, timed apart.
     t0 = time.perf_counter()
-    verdicts = grading.grade_many(bench, [dict(ex) for ex in examples], [o.text for o in outputs["batched"]],
+    verdicts = grading.grade_many(bench, [dict(ex) for ex in examples], [o.text for o in outputs["continuous"]],
                                   progress=False)
     grade_s = time.perf_counter() - t0
     accuracy = 100.0 * sum(v.correct for v in verdicts) / max(len(verdicts), 1)
 
-    b, s = outputs["batched"], outputs["one at a time"]
-    same = sum(x.ids == y.ids for x, y in zip(b, s))
-    tokens = {k: sum(o.new_tokens for o in v) for k, v in outputs.items()}
-    ratio = timings["one at a time"] / timings["batched"]
-    print(f"{'generation':14s} {'seconds':>9s} {'new tokens':>11s} {'tokens/s':>9s}")
-    for label in ("batched", "one at a time"):
-        print(f"{label:14s} {timings[label]:9.2f} {tokens[label]:11d} {tokens[label] / timings[label]:9.1f}")
-    print(f"speed-up of batching: {ratio:.2f}x; identical completions: {same}/{len(b)}; "
-          f"grading {grade_s:.2f} s, accuracy {accuracy:.1f}")
+    ref = outputs["continuous"]
+    print(f"{'generation':14s} {'seconds':>9s} {'new tokens':>11s} {'tokens/s':>9s} {'speed-up':>9s} {'same':>7s}")
+    cells = []
+    for label, _, _ in arms:
+        toks = sum(o.new_tokens for o in outputs[label])
+        same = sum(x.ids == y.ids for x, y in zip(ref, outputs[label]))
+        ratio = timings[label] / timings["continuous"]
+        print(f"{label:14s} {timings[label]:9.2f} {toks:11d} {toks / timings[label]:9.1f} {ratio:8.2f}x "
+              f"{same:3d}/{len(ref)}")
+        cells.append((label, timings[label], toks, ratio, same))
+    print(f"grading {grade_s:.2f} s, accuracy {accuracy:.1f}")
     if args.results:
         path = Path(args.results)
-        if not path.exists():
-            path.write_text("| date | model | device | dtype | benchmark | n | max new | batch | batched s | "
-                            "one-at-a-time s | speed-up | batched tok/s | same completions |\n"
-                            "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
         dev = torch.cuda.get_device_name(0) if device.startswith("cuda") else device
+        arms_txt = "; ".join(f"{lab} {t:.1f} s ({tk / t:.1f} tok/s, {r:.2f}x, same {sm}/{len(ref)})"
+                             for lab, t, tk, r, sm in cells)
         with open(path, "a") as fh:
             fh.write(f"| {datetime.date.today()} | {name} | {dev} | {dtype_name} | {bench} | {len(examples)} | "
-                     f"{args.max_new_tokens} | {args.batch_size} | {timings['batched']:.2f} | "
-                     f"{timings['one at a time']:.2f} | {ratio:.2f}x | "
-                     f"{tokens['batched'] / timings['batched']:.1f} | {same}/{len(b)} |\n")
+                     f"{args.max_new_tokens} | {args.batch_size} | {arms_txt} | {accuracy:.1f} |\n")
     return 0
 
 

@@ -104,18 +104,15 @@ def test_compare_runs_on_fabricated_folders(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------ pieces
 
 
-def test_plan_batches_respects_limits():
+def test_batch_slots_respects_the_kv_budget():
     rng = random.Random(1)
     lengths = [rng.randint(1, 300) for _ in range(57)]
     for bs, budget in ((1, None), (8, None), (16, 2000), (16, 50)):
-        batches = E.plan_batches(lengths, batch_size=bs, max_new_tokens=64, max_batch_tokens=budget)
-        flat = [i for b in batches for i in b]
-        assert sorted(flat) == list(range(len(lengths)))
-        assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)  # longest first, no interleaving
-        for b in batches:
-            assert len(b) <= bs
-            if budget is not None and len(b) > 1:
-                assert len(b) * (max(lengths[i] for i in b) + 64) <= budget
+        slots = E.batch_slots(lengths, batch_size=bs, max_new_tokens=64, max_batch_tokens=budget)
+        assert 1 <= slots <= bs
+        if budget is not None and slots > 1:
+            assert slots * (max(lengths) + 64) <= budget
+    assert E.batch_slots(lengths, batch_size=16, max_new_tokens=64, max_batch_tokens=2000) == 2000 // (max(lengths) + 64)
 
 
 def test_stop_checker_and_postprocess(tokenizer):
@@ -324,7 +321,7 @@ def test_evaluate_model_scores_known_completions(tmp_path, monkeypatch, tokenize
         calls.append(len(prompts))
         for i, p in enumerate(prompts):
             text = answers[tuple(p)]
-            yield [i], [E.GenOutput(E.postprocess_completion(text), [1] * 7, "stop")], 0.5
+            yield [i], [E.GenOutput(E.postprocess_completion(text), [1] * 7, "stop", 0.5)], 0.5
 
     monkeypatch.setattr(E, "iter_generate", fake_iter_generate)
     cfg = E.EvalConfig(model="fake", output=str(tmp_path), max_new_tokens=8)

@@ -11,9 +11,10 @@ The run follows ``/work/shared/EVAL_SPEC.md`` (the Qwen2.5-Math toolkit, prompt 
 - grading by :mod:`lightreasoner.grading` (``grade_many``), accuracy = mean verdict x 100, one decimal; the average
   is the plain mean of the per-benchmark numbers.
 
-Generation is batched with left padding; prompts are sorted by length so a batch wastes little padding, and a
-batch holds at most ``--batch-size`` rows and at most ``--max-batch-tokens`` tokens of KV cache (rows x (longest
-prompt + max new tokens)). Each finished batch is appended to ``<output>/<benchmark>.jsonl`` (flushed and fsynced),
+Generation uses continuous batching (:func:`lightreasoner.generation.stream`): up to ``--batch-size`` rows decode
+together, longest prompts first, and a finished row's slot is refilled from the waiting prompts, so the batch stays
+full; ``--max-batch-tokens`` caps rows x (longest prompt + max new tokens) KV-cache tokens. Finished completions are
+graded and appended to ``<output>/<benchmark>.jsonl`` (flushed and fsynced) as they come,
 so a killed run continues where it stopped; at the end each file is rewritten in the benchmark's order.
 
 Deviation from the toolkit: its tool-call continuation (running python code that the model wrote) is not done
@@ -40,7 +41,6 @@ import torch
 
 from . import grading
 from .config import ConfigError, option, save_config
-from .generation import generate
 from .models import DTYPES
 from .utils import InputError, JsonlAppender, environment_info, iter_jsonl, read_complete_jsonl, read_json, \
     write_json
@@ -87,7 +87,8 @@ class EvalConfig:
     shots: int = option(0, "few-shot demos for mmlu_stem (Qwen's sh/eval.sh uses 5; LightReasoner's script 0)")
     limit: int | None = option(None, "evaluate the first N problems of each benchmark")
     max_new_tokens: int = option(2048, "new tokens per completion (the toolkit's max_tokens_per_call)")
-    batch_size: int = option(16, "most prompts decoded together")
+    batch_size: int = option(32, "most prompts decoded together (continuous batching: "
+                                   "finished rows are replaced at once)")
     max_batch_tokens: int | None = option(65536, "most KV-cache tokens per batch: rows x (longest prompt + "
                                                  "max new tokens); bounds memory on long prompts")
     dtype: str = option("auto", "weights dtype (auto: bf16 where the hardware computes it natively)",
@@ -282,61 +283,59 @@ class GenOutput:
     text: str
     ids: list[int]
     finish_reason: str  # eos | stop | length
+    seconds: float = 0.0  # this prompt's share of the decoding wall time
 
     @property
     def new_tokens(self) -> int:
         return len(self.ids)
 
 
-def plan_batches(lengths: Sequence[int], *, batch_size: int, max_new_tokens: int,
-                 max_batch_tokens: int | None = None) -> list[list[int]]:
-    """Group prompt indices into batches, longest prompts first (so padding is small and memory peaks early).
-
-    A batch has at most ``batch_size`` rows and, with ``max_batch_tokens``, rows x (its longest prompt +
-    ``max_new_tokens``) <= the budget (the KV cache it can grow to); a single row always fits.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:
-        if cur:
-            width = lengths[cur[0]] + max_new_tokens
-            full = len(cur) >= batch_size or (max_batch_tokens is not None
-                                              and (len(cur) + 1) * width > max_batch_tokens)
-            if full:
-                batches.append(cur)
-                cur = []
-        cur.append(i)
-    if cur:
-        batches.append(cur)
-    return batches
+def batch_slots(lengths: Sequence[int], *, batch_size: int, max_new_tokens: int,
+                max_batch_tokens: int | None = None) -> int:
+    """Rows decoded together: ``batch_size``, fewer when rows x (longest prompt + ``max_new_tokens``) KV-cache
+    tokens would exceed ``max_batch_tokens``; at least one."""
+    slots = max(1, int(batch_size))
+    if max_batch_tokens is not None and lengths:
+        slots = min(slots, max(1, max_batch_tokens // (max(lengths) + max_new_tokens)))
+    return slots
 
 
 def iter_generate(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                   batch_size: int = 16, max_batch_tokens: int | None = None, temperature: float = 0.0,
-                  seed: int | None = None, stop_strings: Sequence[str] = STOP_STRINGS,
-                  eos_ids: Sequence[int] | None = None) -> Iterator[tuple[list[int], list[GenOutput], float]]:
-    """Decode prompts (token ids) in length-sorted batches; yield ``(indices, outputs, seconds)`` per batch.
+                  seed: int | Sequence[int] | None = None, stop_strings: Sequence[str] = STOP_STRINGS,
+                  eos_ids: Sequence[int] | None = None, flush_every: int | None = None,
+                  refill: int | None = None) -> Iterator[tuple[list[int], list[GenOutput], float]]:
+    """Decode prompts (token ids) with continuous batching; yield ``(indices, outputs, seconds)`` as they finish.
 
-    ``indices`` point into ``prompts``; ``outputs[k]`` belongs to ``prompts[indices[k]]``. Greedy for
-    ``temperature == 0``; with sampling, batch ``k`` uses seed ``seed + k``.
+    ``indices`` point into ``prompts``; ``outputs[k]`` belongs to ``prompts[indices[k]]``; ``seconds`` is their
+    share of the wall time (``outputs[k].seconds`` each). Finished outputs are yielded in groups of
+    ``flush_every`` (default: a quarter of the batch), so a caller can grade and save them while decoding goes on.
+    Greedy for ``temperature == 0``; with sampling, prompt ``i`` uses seed ``seed + i`` (or ``seed[i]``).
+    ``refill`` is passed to :func:`~lightreasoner.generation.stream` (``refill = batch_size`` gives fixed batches).
     """
+    from .generation import stream
+
     eos_ids = list(eos_ids) if eos_ids is not None else stop_token_ids(tokenizer, model, stop_strings)
     eos_set = set(eos_ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     stop = StopChecker(tokenizer, stop_strings)
-    batches = plan_batches([len(p) for p in prompts], batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           max_batch_tokens=max_batch_tokens)
-    for k, idx in enumerate(batches):
-        t0 = time.perf_counter()
-        comps = generate(model, [prompts[i] for i in idx], max_new_tokens=max_new_tokens, eos_ids=eos_ids,
-                         pad_id=pad_id, temperature=temperature, seed=None if seed is None else seed + k, stop=stop)
-        outs = []
-        for c in comps:
-            body = c.ids[:-1] if c.finish_reason == "eos" and c.ids and c.ids[-1] in eos_set else c.ids
-            text = tokenizer.decode(body, skip_special_tokens=True)
-            outs.append(GenOutput(postprocess_completion(text, stop_strings), list(c.ids), c.finish_reason))
-        yield idx, outs, time.perf_counter() - t0
+    slots = batch_slots([len(p) for p in prompts], batch_size=batch_size, max_new_tokens=max_new_tokens,
+                        max_batch_tokens=max_batch_tokens)
+    flush = max(1, slots // 4) if flush_every is None else max(1, flush_every)
+    idx: list[int] = []
+    outs: list[GenOutput] = []
+    for i, c, secs in stream(model, prompts, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
+                             batch_size=slots, temperature=temperature, seed=seed, stop=stop,
+                             refill=refill):
+        body = c.ids[:-1] if c.finish_reason == "eos" and c.ids and c.ids[-1] in eos_set else c.ids
+        text = tokenizer.decode(body, skip_special_tokens=True)
+        idx.append(i)
+        outs.append(GenOutput(postprocess_completion(text, stop_strings), list(c.ids), c.finish_reason, secs))
+        if len(idx) >= flush:
+            yield idx, outs, sum(o.seconds for o in outs)
+            idx, outs = [], []
+    if idx:
+        yield idx, outs, sum(o.seconds for o in outs)
 
 
 def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], **kw: Any) -> list[GenOutput]:
@@ -432,7 +431,7 @@ def evaluate_model(model: Any, tokenizer: Any, benchmark: str, examples: Sequenc
                 for (eid, _, prompt), o, g in zip(batch, outs, grades):
                     recs.append({"id": eid, "prompt": prompt, "completion": o.text, "pred": g.pred,
                                  "gold": g.gold, "correct": bool(g.correct), "new_tokens": o.new_tokens,
-                                 "finish_reason": o.finish_reason, "seconds": round(secs / len(batch), 4),
+                                 "finish_reason": o.finish_reason, "seconds": round(o.seconds, 4),
                                  "error": None if g.error is None else str(g.error)})
                 if appender is not None:
                     appender.write_many(recs)
@@ -693,7 +692,7 @@ def compare_main(cfg: EvalConfig) -> int:
 
 __all__ = [
     "EvalConfig", "main", "evaluate_model", "build_prompt", "encode_prompts", "few_shot_input", "load_benchmark",
-    "iter_generate", "generate_texts", "plan_batches", "StopChecker", "stop_token_ids", "postprocess_completion",
+    "iter_generate", "generate_texts", "batch_slots", "StopChecker", "stop_token_ids", "postprocess_completion",
     "GenOutput", "summarize_records", "overall_summary", "compare_runs", "mcnemar_exact", "load_run",
     "STOP_STRINGS", "SYSTEM_PROMPT", "PAPER_BENCHMARKS", "ALL_BENCHMARKS",
 ]

@@ -1,18 +1,23 @@
 """Batched decoding with a KV cache: the seam between the stages and the generation backend.
 
-Stages ask for completions through :func:`generate` (eval, SFT) or drive :class:`CachedDecoder` step by step
-(sampling, where the amateur follows the expert in lockstep). Both use left padding, pass explicit position ids,
-and drop finished rows from the batch (and its cache), so a batch costs what its live rows cost. Decoding never
-reads the model's ``generation_config``: greedy means argmax, sampling means the temperature given here.
+Stages ask for completions through :func:`stream` / :func:`generate` (eval, SFT) or drive :class:`CachedDecoder`
+step by step (sampling, where the amateur follows the expert in lockstep). Both use left padding, pass explicit
+position ids, and drop finished rows from the batch (and its cache), so a batch costs what its live rows cost.
+:func:`stream` goes further (continuous batching): a finished row's slot is refilled from the queue of waiting
+prompts, whose prefilled cache is spliced into the running one, so the batch stays full until the queue is empty.
+Decoding never reads the model's ``generation_config``: greedy means argmax, sampling means the temperature given
+here, with one random generator per prompt (a prompt's sample does not depend on what it was batched with).
 
-Another backend (e.g. vLLM) plugs in by providing a function with :func:`generate`'s signature.
+Another backend (e.g. vLLM) plugs in by providing a function with :func:`stream`'s signature.
 """
 
 from __future__ import annotations
 
 import inspect
+import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -37,6 +42,17 @@ def cache_kwarg(model: Any) -> str:
     """
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+
+
+def _pad_time(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Left pad the time axis (``-2`` for ``[B, H, T, D]`` caches, ``-1`` for ``[B, T]`` masks) with zeros."""
+    axis = -2 if x.dim() == 4 else -1
+    missing = width - x.shape[axis]
+    if missing <= 0:
+        return x
+    shape = list(x.shape)
+    shape[axis] = missing
+    return torch.cat([x.new_zeros(shape), x], dim=axis)
 
 
 class CachedDecoder:
@@ -89,6 +105,36 @@ class CachedDecoder:
         self.next_pos = self.next_pos + 1
         return out.logits[:, -1]
 
+    @torch.inference_mode()
+    def admit(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Prefill more prompts and splice them into the live batch (appended as its last rows).
+
+        The new rows' cache and the live one are left padded to a common width (padding is masked out, and
+        positions are per row), then concatenated along the batch. Returns the new rows' logits ``[k, V]``.
+        """
+        from transformers import DynamicCache
+
+        if self.cache is None or self.mask is None or self.mask.shape[0] == 0:
+            return self.prefill(input_ids, attention_mask)
+        if not hasattr(self.cache, "layers"):
+            raise RuntimeError("continuous batching needs a transformers Cache with per-layer tensors "
+                               "(transformers >= 4.56); use batch_size large enough for all prompts instead")
+        cache = DynamicCache()
+        pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+                         use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
+        width = max(self.mask.shape[1], attention_mask.shape[1])
+        for live, new in zip(self.cache.layers, cache.layers):
+            live.keys = torch.cat([_pad_time(live.keys, width), _pad_time(new.keys, width)])
+            live.values = torch.cat([_pad_time(live.values, width), _pad_time(new.values, width)])
+        self.mask = torch.cat([_pad_time(self.mask, width), _pad_time(attention_mask, width)])
+        self.next_pos = torch.cat([self.next_pos, pos[:, -1] + 1])
+        return out.logits[:, -1]
+
+    def reset(self) -> None:
+        """Forget the batch (the next :meth:`admit` starts a new one)."""
+        self.cache = self.mask = self.next_pos = None
+
     def keep(self, rows: torch.Tensor) -> None:
         assert self.mask is not None and self.next_pos is not None
         if rows.numel() == self.mask.shape[0]:
@@ -135,48 +181,113 @@ def pick_tokens(logits: torch.Tensor, temperature: float, generator: torch.Gener
     return torch.multinomial(probs.cpu(), 1, generator=generator).view(-1).to(logits.device)
 
 
-@torch.inference_mode()
-def generate(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_ids: Sequence[int],
-             pad_id: int, temperature: float = 0.0, seed: int | None = None,
-             stop: Callable[[list[int]], str | None] | None = None,
-             on_step: Callable[[StepView], None] | None = None) -> list[Completion]:
-    """Decode one batch of prompts (token ids) with a KV cache; finished rows leave the batch.
+def _row_generators(seed: int | Sequence[int] | None, n: int) -> list[torch.Generator] | None:
+    if seed is None:
+        return None
+    seeds = [seed + i for i in range(n)] if isinstance(seed, int) else list(seed)
+    if len(seeds) != n:
+        raise ValueError(f"got {len(seeds)} seeds for {n} prompts")
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
-    ``stop(ids) -> matched stop string or None`` is checked on each row's new ids after every step (for stop
-    strings). ``on_step`` sees each step's raw logits. Returns one :class:`Completion` per prompt, in order.
+
+def _pick(logits: torch.Tensor, temperature: float, gens: list[torch.Generator] | None,
+          rows: list[int]) -> torch.Tensor:
+    if temperature <= 0 or gens is None:
+        return pick_tokens(logits, temperature, None)
+    return torch.cat([pick_tokens(logits[j:j + 1], temperature, gens[r]) for j, r in enumerate(rows)])
+
+
+def stream(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_ids: Sequence[int],
+           pad_id: int, batch_size: int | None = None, temperature: float = 0.0,
+           seed: int | Sequence[int] | None = None, stop: Callable[[list[int]], str | None] | None = None,
+           on_step: Callable[[StepView], None] | None = None,
+           refill: int | None = None) -> Iterator[tuple[int, Completion, float]]:
+    """Decode prompts (token ids) with continuous batching; yield ``(index, completion, seconds)`` as rows finish.
+
+    At most ``batch_size`` rows (default: all prompts) are live. Prompts wait in a queue, longest first (the
+    cache is widest early and padding stays small); whenever at least ``refill`` slots are free (default
+    ``batch_size // 8``, at least 1) the next prompts are prefilled together and join the batch. A row ends at an
+    EOS id, when ``stop(ids)`` returns a stop string (checked after every step), or after ``max_new_tokens``.
+    ``seconds`` is the row's share of the wall time (each forward's time split among the rows it served), so
+    the shares add up to the whole. With ``temperature > 0`` prompt ``i`` samples from its own generator seeded
+    ``seed + i`` (or ``seed[i]`` for a sequence). ``on_step`` sees each step's raw logits and live rows.
     """
-    if not prompts:
-        return []
+    n = len(prompts)
+    if n == 0:
+        return
+    slots = n if batch_size is None else max(1, int(batch_size))
+    refill = max(1, slots // 8) if refill is None else max(1, int(refill))
     device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_id, device)
-    dec = CachedDecoder(model)
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    gens = _row_generators(seed, n) if temperature > 0 else None
     eos = torch.tensor(sorted(set(eos_ids)), device=device)
-    out: list[list[int]] = [[] for _ in prompts]
-    reasons: list[str | None] = [None] * len(prompts)
-    stops: list[str | None] = [None] * len(prompts)
-    rows = torch.arange(len(prompts), device=device)
-    logits = dec.prefill(ids, mask)
-    for t in range(max_new_tokens):
-        if on_step is not None:
-            on_step(StepView(t, rows, logits))
-        tok = pick_tokens(logits, temperature, gen)
-        tok_list = tok.tolist()
-        done = torch.isin(tok, eos)
-        for j, r in enumerate(rows.tolist()):
-            out[r].append(tok_list[j])
-            if bool(done[j]):
-                reasons[r] = "eos"
-            elif stop is not None and (hit := stop(out[r])) is not None:
-                reasons[r], stops[r] = "stop", hit
-                done[j] = True
-        if t == max_new_tokens - 1:
-            break
-        live = (~done).nonzero().view(-1)
-        if live.numel() == 0:
-            break
-        rows, tok = rows[live], tok[live]
-        dec.keep(live)
-        logits = dec.step(tok)
-    dec.close()
-    return [Completion(o, r or "length", s) for o, r, s in zip(out, reasons, stops)]
+    queue = deque(sorted(range(n), key=lambda i: (-len(prompts[i]), i)))
+    dec = CachedDecoder(model)
+    out: dict[int, list[int]] = {}
+    cost: dict[int, float] = {}
+    rows: list[int] = []
+    logits: torch.Tensor | None = None
+    t = 0
+    try:
+        while queue or rows:
+            free = slots - len(rows)
+            if queue and free > 0 and (not rows or free >= min(refill, len(queue))):
+                take = [queue.popleft() for _ in range(min(free, len(queue)))]
+                t0 = time.perf_counter()
+                ids, mask = left_pad([prompts[i] for i in take], pad_id, device)
+                new = dec.admit(ids, mask)
+                share = (time.perf_counter() - t0) / len(take)
+                for i in take:
+                    out[i], cost[i] = [], share
+                rows = rows + take
+                logits = new if logits is None else torch.cat([logits, new])
+            assert logits is not None
+            if on_step is not None:
+                on_step(StepView(t, torch.tensor(rows, device=device), logits))
+            t += 1
+            with torch.inference_mode():
+                tok = _pick(logits, temperature, gens, rows)
+                done = torch.isin(tok, eos)
+            tok_list, done_list = tok.tolist(), done.tolist()
+            finished: list[tuple[int, Completion]] = []
+            for j, r in enumerate(rows):
+                ids_r = out[r]
+                ids_r.append(tok_list[j])
+                reason, hit = ("eos", None) if done_list[j] else (None, None)
+                if reason is None and stop is not None and (hit := stop(ids_r)) is not None:
+                    reason = "stop"
+                if reason is None and len(ids_r) >= max_new_tokens:
+                    reason = "length"
+                if reason is not None:
+                    done_list[j] = True
+                    finished.append((r, Completion(ids_r, reason, hit)))
+            for r, comp in finished:
+                yield r, comp, cost.pop(r)
+                del out[r]
+            live = [j for j, d in enumerate(done_list) if not d]
+            if not live:
+                rows, logits = [], None
+                dec.reset()
+                continue
+            if len(live) < len(rows):
+                dec.keep(torch.tensor(live))
+                rows = [rows[j] for j in live]
+                tok = tok[torch.tensor(live, device=tok.device)]
+            t0 = time.perf_counter()
+            logits = dec.step(tok)
+            share = (time.perf_counter() - t0) / len(rows)
+            for r in rows:
+                cost[r] += share
+    finally:
+        dec.close()
+
+
+def generate(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_ids: Sequence[int],
+             pad_id: int, batch_size: int | None = None, temperature: float = 0.0,
+             seed: int | Sequence[int] | None = None, stop: Callable[[list[int]], str | None] | None = None,
+             on_step: Callable[[StepView], None] | None = None) -> list[Completion]:
+    """:func:`stream` collected: one :class:`Completion` per prompt, in the prompts' order (default: one batch)."""
+    result: list[Completion | None] = [None] * len(prompts)
+    for i, comp, _ in stream(model, prompts, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
+                             batch_size=batch_size, temperature=temperature, seed=seed, stop=stop, on_step=on_step):
+        result[i] = comp
+    return result  # type: ignore[return-value]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,9 +135,27 @@ def load_problems(data: str | None, *, split: str = "train", question_field: str
     return problems
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers a TCP connection within ``timeout`` s (``HF_ENDPOINT`` respected)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _rows_from_hub(dataset_id: str, split: str) -> Iterable[tuple[str, Any]]:
     from datasets import load_dataset
 
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if not offline and not hub_reachable():
+        # Fail in seconds rather than after the hub client's retries; a cached copy needs HF_HUB_OFFLINE=1.
+        raise InputError(f"--data {dataset_id!r}: the Hugging Face hub is unreachable; pass a local file instead "
+                         f"(or set HF_HUB_OFFLINE=1 to use a copy in the datasets cache)")
     config = "main" if dataset_id.endswith("gsm8k") else None
     try:
         ds = load_dataset(dataset_id, config, split=split)

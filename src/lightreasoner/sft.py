@@ -15,6 +15,7 @@ used, trajectories, tuned tokens, sampling and training time).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ class SFTConfig:
     samples_per_problem: int = option(4, "solutions sampled per problem (k)")
     temperature: float = option(0.7, "sampling temperature")
     max_new_tokens: int = option(512, "longest solution, in tokens")
-    batch_size: int = option(16, "sequences decoded together")
+    batch_size: int = option(32, "sequences decoded together (continuous batching)")
     seed: int = option(0, "sampling seed")
     steps_per_update: int = option(2048, "completion tokens per optimizer update")
     max_steps: int = option(1000, "optimizer updates (ignored when --epochs is set)")
@@ -81,39 +82,48 @@ def grade_against_reference(completion: str, answer: str) -> tuple[str | None, b
     return res.pred, bool(res.correct)
 
 
+def sample_seed(seed: int, problem_id: str, j: int) -> int:
+    """The sampling seed of solution ``j`` of a problem: fixed by (seed, problem id, j), whatever the batching."""
+    digest = hashlib.sha256(f"{seed}:{problem_id}:{j}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 def sample_candidates(model: Any, tokenizer: Any, problems: Sequence[Problem], path: str | Path, *, k: int,
                       temperature: float, max_new_tokens: int, batch_size: int, seed: int,
                       system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress: bool = True) -> None:
-    """Append ``k`` graded samples per problem to ``path``, in fixed chunks (resumable, deterministic by seed)."""
+    """Append ``k`` graded samples per problem to ``path`` as they finish (continuous batching; resumable).
+
+    Each sample has its own seed (:func:`sample_seed`), so a resumed run draws what an unbroken one would.
+    """
     from tqdm.auto import tqdm
 
-    from .evaluate import generate_texts
+    from .evaluate import iter_generate
 
     done = {r["id"] for r in read_complete_jsonl(path)}
-    per_chunk = max(1, batch_size // k)
-    chunks = [list(problems[i:i + per_chunk]) for i in range(0, len(problems), per_chunk)]
+    todo = [(p, j) for p in problems for j in range(k) if f"{p.id}#{j}" not in done]
     right = total = 0
-    bar = tqdm(total=len(problems), initial=sum(all(f"{p.id}#{j}" in done for j in range(k)) for p in problems),
-               desc="sft sampling", unit="problem", disable=not progress)
-    with JsonlAppender(path) as out:
-        for c, chunk in enumerate(chunks):
-            if all(f"{p.id}#{j}" in done for p in chunk for j in range(k)):
-                continue
-            prompts = [build_prompt_ids(tokenizer, p.question, system_prompt) for p in chunk for _ in range(k)]
-            outs = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                  batch_size=len(prompts), temperature=temperature, seed=seed * 100_003 + c)
-            records = []
-            for n, (prompt, g) in enumerate(zip(prompts, outs)):
-                p, j = chunk[n // k], n % k
-                pred, ok = grade_against_reference(g.text, p.answer or "")
-                records.append({"id": f"{p.id}#{j}", "problem_id": p.id, "question": p.question,
-                                "prompt_ids": prompt, "completion_ids": g.ids, "completion": g.text,
-                                "finish_reason": g.finish_reason, "pred": pred, "answer": p.answer, "correct": ok})
-                right += ok
-                total += 1
-            out.write_many([r for r in records if r["id"] not in done])
-            bar.update(len(chunk))
-            bar.set_postfix(correct=f"{right / max(total, 1):.1%}")
+    bar = tqdm(total=len(problems) * k, initial=len(problems) * k - len(todo), desc="sft sampling", unit="sample",
+               disable=not progress)
+    if todo:
+        prompt_of = {p.id: build_prompt_ids(tokenizer, p.question, system_prompt) for p, _ in todo}
+        prompts = [prompt_of[p.id] for p, _ in todo]
+        seeds = [sample_seed(seed, p.id, j) for p, j in todo]
+        with JsonlAppender(path) as out:
+            for idx, outs, _ in iter_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                              batch_size=batch_size, temperature=temperature, seed=seeds):
+                records = []
+                for i, g in zip(idx, outs):
+                    p, j = todo[i]
+                    pred, ok = grade_against_reference(g.text, p.answer or "")
+                    records.append({"id": f"{p.id}#{j}", "problem_id": p.id, "question": p.question,
+                                    "prompt_ids": prompts[i], "completion_ids": g.ids, "completion": g.text,
+                                    "finish_reason": g.finish_reason, "pred": pred, "answer": p.answer,
+                                    "correct": ok})
+                    right += ok
+                    total += 1
+                out.write_many(records)
+                bar.update(len(records))
+                bar.set_postfix(correct=f"{right / max(total, 1):.1%}")
     bar.close()
 
 
