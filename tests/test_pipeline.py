@@ -37,6 +37,14 @@ def test_run_end_to_end_resumes_and_reports(model_dirs, tmp_path, capsys):
     assert cli_main(args) == 0
     assert read_json(run / "timings.json") == timings
     assert {p: (run / p).read_text() for p in before} == before
+    # A larger evaluation selection evaluates again, reusing the finished records (only eval stages run).
+    old = read_complete_jsonl(run / "eval" / "tuned" / "gsm8k.jsonl")
+    assert cli_main(args + ["--eval-limit", "5"]) == 0
+    new = read_complete_jsonl(run / "eval" / "tuned" / "gsm8k.jsonl")
+    assert len(old) == 3 and len(new) == 5 and new[:3] == old
+    assert read_json(run / "eval" / "base" / "summary.json")["totals"]["n"] == 5
+    grown = read_json(run / "timings.json")
+    assert grown["eval_tuned"] > timings["eval_tuned"] and grown["sample"] == timings["sample"]
 
 
 def test_run_resumes_after_a_failed_stage(model_dirs, tmp_path, monkeypatch):

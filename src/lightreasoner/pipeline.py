@@ -128,8 +128,20 @@ class StageRunner:
             raise RuntimeError(f"stage {name} failed with exit code {rc}; fix the cause and rerun to resume")
 
 
-def _eval_done(folder: Path) -> bool:
-    return (folder / "summary.json").exists() and bool(read_json(folder / "summary.json").get("complete", True))
+# An evaluation folder is done when it is complete for the asked selection; when the selection changed (say, a
+# larger --eval-limit), the stage runs again and ``eval`` reuses the records it already has.
+_SELECTION = ("benchmarks", "limit", "data_dir")
+
+
+def _eval_done(folder: Path, ecfg: Any) -> bool:
+    summary, saved = folder / "summary.json", folder / "config.json"
+    if not (summary.exists() and saved.exists() and read_json(summary).get("complete", True)):
+        return False
+    old, new = read_json(saved).get("config", {}), to_dict(ecfg)
+    changed = [k for k in _SELECTION if old.get(k) != new.get(k)]
+    if changed:
+        logger.info("%s: %s changed, evaluating again (finished records are reused)", folder, ", ".join(changed))
+    return not changed
 
 
 def main(cfg: RunConfig) -> int:
@@ -183,7 +195,7 @@ def main(cfg: RunConfig) -> int:
     for name, model in (("base", cfg.expert), ("tuned", str(merged))):
         out = run / "eval" / name
         ecfg = eval_cfg(model, out)
-        stage(f"eval_{name}", lambda out=out: _eval_done(out), lambda ecfg=ecfg: evaluate.main(ecfg))
+        stage(f"eval_{name}", lambda out=out, ecfg=ecfg: _eval_done(out, ecfg), lambda ecfg=ecfg: evaluate.main(ecfg))
 
     if cfg.with_sft:
         sfcfg = resolve(sft.SFTConfig, cli={
@@ -195,7 +207,7 @@ def main(cfg: RunConfig) -> int:
         stage("sft", lambda: (run / "sft" / "summary.json").exists(), lambda: sft.main(sfcfg))
         ecfg = eval_cfg(cfg.expert, run / "eval" / "sft")
         ecfg = resolve(evaluate.EvalConfig, cli={**to_dict(ecfg), "adapter": str(run / "sft" / "adapter")})
-        stage("eval_sft", lambda: _eval_done(run / "eval" / "sft"), lambda: evaluate.main(ecfg))
+        stage("eval_sft", lambda: _eval_done(run / "eval" / "sft", ecfg), lambda: evaluate.main(ecfg))
 
     if cfg.perplexity_problems > 0:
         stage("perplexity", lambda: (run / "perplexity.json").exists(),
