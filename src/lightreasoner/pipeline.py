@@ -68,7 +68,7 @@ class RunConfig:
     eval_prompt: str = option("chat", "eval prompt: the model's chat template or the toolkit's raw template",
                               choices=("chat", "qwen25-math"))
     eval_max_new_tokens: int = option(512, "new tokens per evaluation answer")
-    eval_batch_size: int = option(32, "prompts decoded together in evaluation")
+    eval_batch_size: int = option(64, "prompts decoded together in evaluation (continuous batching)")
     # baseline and analyses
     with_sft: bool = option(False, "also run the rejection-sampling SFT baseline and evaluate it")
     sft_samples_per_problem: int = option(4, "SFT: solutions sampled per problem")
