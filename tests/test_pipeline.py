@@ -103,3 +103,30 @@ def test_sft_stage_samples_grades_and_trains(model_dirs, tmp_path):
     s = read_json(out / "summary.json")
     assert s["problems_sampled"] == 3 and s["trajectories"] == 2 and s["problems_used"] == 1
     assert s["tuned_tokens"] > 0 and (out / "adapter" / "adapter_config.json").exists()
+
+
+def test_sigterm_stops_a_command_like_ctrl_c(model_dirs, tmp_path, monkeypatch):
+    """`kill` during a stage: exit 130, the stage's time so far is recorded, and a rerun resumes."""
+    import os
+    import signal
+
+    from lightreasoner import evaluate
+
+    edir, adir = model_dirs
+    run = tmp_path / "run"
+    args = ["run", "--expert", edir, "--amateur", adir, "--data", "none", "--output", str(run)] + TINY + [
+        "--perplexity-problems", "0"]
+    real = evaluate.main
+
+    def killed(cfg):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(cfg)  # not reached: the signal interrupts first
+
+    monkeypatch.setattr(evaluate, "main", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli_main(args) == 130
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the command's only
+    assert "eval_base" in read_json(run / "timings.json")
+    assert not (run / "eval" / "base" / "summary.json").exists()
+    monkeypatch.setattr(evaluate, "main", real)
+    assert cli_main(args) == 0 and (run / "eval" / "tuned" / "summary.json").exists()

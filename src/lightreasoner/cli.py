@@ -7,11 +7,14 @@ Each stage module defines a frozen config dataclass (its fields are the flags, t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import logging
+import signal
 import sys
-from typing import Sequence
+import threading
+from typing import Any, Iterator, Sequence
 
 from .config import ConfigError, add_arguments, config_from_args
 from .utils import InputError, setup_logging
@@ -59,6 +62,23 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """``kill`` (SIGTERM) stops a command like Ctrl-C does: files are flushed and times recorded, exit 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest = argv[2:] if argv[:1] == ["--log-level"] else argv
@@ -73,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mod = importlib.import_module(module)
     try:
         cfg = config_from_args(getattr(mod, cls_name), ns) if cls_name else None
-        result = getattr(mod, func)(cfg)
+        with _sigterm_interrupts():
+            result = getattr(mod, func)(cfg)
     except (ConfigError, InputError) as e:
         print(f"lightreasoner {ns.command}: error: {e}", file=sys.stderr)
         return 2

@@ -121,9 +121,11 @@ class StageRunner:
             return
         logger.info("[%s] running", name)
         t0 = time.perf_counter()
-        rc = fn()
-        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 2)
-        write_json(self.path, self.timings)
+        try:
+            rc = fn()
+        finally:  # an interrupted stage's time counts too: the resumed run adds the rest
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 2)
+            write_json(self.path, self.timings)
         if rc:
             raise RuntimeError(f"stage {name} failed with exit code {rc}; fix the cause and rerun to resume")
 

@@ -164,12 +164,14 @@ def main(cfg: SFTConfig) -> int:
     if len(read_complete_jsonl(cand_path)) < len(problems) * cfg.samples_per_problem:
         expert = load_model(cfg.expert, dtype=cfg.dtype, device=cfg.device)
         t0 = time.perf_counter()
-        sample_candidates(expert.model, expert.tokenizer, problems, cand_path, k=cfg.samples_per_problem,
-                          temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                          batch_size=cfg.batch_size, seed=cfg.seed, system_prompt=cfg.system_prompt,
-                          progress=cfg.progress)
-        timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - t0
-        write_json(out / "timings.json", timings)
+        try:
+            sample_candidates(expert.model, expert.tokenizer, problems, cand_path, k=cfg.samples_per_problem,
+                              temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                              batch_size=cfg.batch_size, seed=cfg.seed, system_prompt=cfg.system_prompt,
+                              progress=cfg.progress)
+        finally:  # an interrupted run's time counts too: the resumed run adds the rest
+            timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - t0
+            write_json(out / "timings.json", timings)
         fingerprint, describe = expert.fingerprint, expert.describe()
         del expert
     else:
@@ -196,11 +198,13 @@ def main(cfg: SFTConfig) -> int:
         "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_targets": cfg.lora_targets, "dtype": cfg.dtype,
         "save_every": None, "system_prompt": cfg.system_prompt})
     t0 = time.perf_counter()
-    rc = train_stage.main(tcfg)
+    try:
+        rc = train_stage.main(tcfg)
+    finally:
+        timings["training"] = timings.get("training", 0.0) + time.perf_counter() - t0
+        write_json(out / "timings.json", timings)
     if rc:
         return rc
-    timings["training"] = timings.get("training", 0.0) + time.perf_counter() - t0
-    write_json(out / "timings.json", timings)
     tsum = read_json(out / "adapter" / "summary.json")
     summary = {
         "problems_sampled": len(problems),
