@@ -68,7 +68,8 @@ class RunConfig:
     eval_prompt: str = option("chat", "eval prompt: the model's chat template or the toolkit's raw template",
                               choices=("chat", "qwen25-math"))
     eval_max_new_tokens: int = option(512, "new tokens per evaluation answer")
-    eval_batch_size: int = option(64, "prompts decoded together in evaluation (continuous batching)")
+    eval_batch_size: int = option(64, "prompts decoded together in evaluation and SFT sampling "
+                                        "(continuous batching)")
     # baseline and analyses
     with_sft: bool = option(False, "also run the rejection-sampling SFT baseline and evaluate it")
     sft_samples_per_problem: int = option(4, "SFT: solutions sampled per problem")
@@ -204,6 +205,7 @@ def main(cfg: RunConfig) -> int:
             "output": str(run / "sft"), "expert": cfg.expert, "data": data, "max_problems": cfg.max_problems,
             "shuffle_seed": cfg.shuffle_seed, "samples_per_problem": cfg.sft_samples_per_problem,
             "temperature": cfg.sft_temperature, "max_new_tokens": cfg.sft_max_new_tokens,
+            "batch_size": cfg.eval_batch_size,
             "lr": cfg.lr, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_targets": cfg.lora_targets,
             **common})
         stage("sft", lambda: (run / "sft" / "summary.json").exists(), lambda: sft.main(sfcfg))
