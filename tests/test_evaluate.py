@@ -338,3 +338,9 @@ def test_evaluate_model_scores_known_completions(tmp_path, monkeypatch, tokenize
     assert [r["id"] for r in read_jsonl(out)] == [str(i) for i in range(6)]
     memory_only = E.evaluate_model(None, tokenizer, "gsm8k", examples, cfg, None, progress=False)
     assert without_timing(memory_only["records"]) == without_timing(s["records"])
+    # A smaller selection keeps the other finished records aside; a larger one takes them back, generating nothing.
+    small = E.evaluate_model(None, tokenizer, "gsm8k", examples[:2], cfg, out, progress=False)
+    assert small["n"] == 2 and [r["id"] for r in read_jsonl(out)] == ["0", "1"]
+    assert sorted(r["id"] for r in read_jsonl(E.extra_path(out))) == ["2", "3", "4", "5"]
+    again = E.evaluate_model(None, tokenizer, "gsm8k", examples, cfg, out, progress=False)
+    assert calls == [3, 3] and again["records"] == s["records"] and not E.extra_path(out).exists()

@@ -402,14 +402,17 @@ def evaluate_model(model: Any, tokenizer: Any, benchmark: str, examples: Sequenc
         logger.info("%s: skipped %d examples with an empty question (as the toolkit does)", benchmark, skipped)
 
     done: dict[str, dict] = {}
+    extra: dict[str, dict] = {}
     path = Path(output_path) if output_path is not None else None
     if path is not None:
+        # Records outside this selection (say, of an earlier larger --limit) are kept aside in
+        # <benchmark>.extra.jsonl and reused when a later selection includes them again.
         wanted = {eid for eid, _, _ in items}
-        old = read_complete_jsonl(path)
-        done = {r["id"]: r for r in old if r.get("id") in wanted}
-        if len(done) < len(old):
-            logger.warning("%s: %d earlier records are outside this selection and are dropped", path,
-                           len(old) - len(done))
+        for r in read_complete_jsonl(extra_path(path)) + read_complete_jsonl(path):
+            (done if r.get("id") in wanted else extra)[r["id"]] = r
+        if extra:
+            logger.info("%s: %d finished records are outside this selection; kept in %s", path, len(extra),
+                        extra_path(path))
     todo = [it for it in items if it[0] not in done]
     if done:
         logger.info("%s: resuming, %d of %d already done", benchmark, len(done), len(items))
@@ -447,10 +450,19 @@ def evaluate_model(model: Any, tokenizer: Any, benchmark: str, examples: Sequenc
 
     records = [done[eid] for eid, _, _ in items]
     if path is not None:
+        if extra:
+            _rewrite_jsonl(extra_path(path), list(extra.values()))
         _rewrite_jsonl(path, records)
+        if not extra:
+            extra_path(path).unlink(missing_ok=True)
     summary = summarize_records(benchmark, records, skipped_empty=skipped)
     summary["records"] = records
     return summary
+
+
+def extra_path(path: Path) -> Path:
+    """Where an evaluation keeps finished records that are outside its current selection."""
+    return path.with_name(path.stem + ".extra.jsonl")
 
 
 def _rewrite_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
@@ -527,7 +539,8 @@ def load_adapter(model: Any, adapter: str | Path) -> Any:
 def _check_output(out: Path, identity: Mapping[str, Any], overwrite: bool) -> None:
     cfg_file = out / "config.json"
     if overwrite:
-        for f in [cfg_file, out / "summary.json", out / "summary.md"] + [out / f"{b}.jsonl" for b in ALL_BENCHMARKS]:
+        for f in [cfg_file, out / "summary.json", out / "summary.md"] + [
+                f for b in ALL_BENCHMARKS for f in (out / f"{b}.jsonl", extra_path(out / f"{b}.jsonl"))]:
             f.unlink(missing_ok=True)
         return
     if not cfg_file.exists():
