@@ -343,4 +343,4 @@ def test_evaluate_model_scores_known_completions(tmp_path, monkeypatch, tokenize
     assert small["n"] == 2 and [r["id"] for r in read_jsonl(out)] == ["0", "1"]
     assert sorted(r["id"] for r in read_jsonl(E.extra_path(out))) == ["2", "3", "4", "5"]
     again = E.evaluate_model(None, tokenizer, "gsm8k", examples, cfg, out, progress=False)
-    assert calls == [3, 3] and again["records"] == s["records"] and not E.extra_path(out).exists()
+    assert calls == [3, 3, 6] and again["records"] == s["records"] and not E.extra_path(out).exists()
