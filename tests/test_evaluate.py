@@ -48,6 +48,17 @@ def run_eval(output: Path, model: str, data: Path, **kw) -> dict:
 # ------------------------------------------------------------------------------------------------ statistics
 
 
+def test_paired_change_interval():
+    lo, hi = E.paired_change_ci(11, 21, 150)  # the first end-to-end run: +6.7 points, p = 0.11
+    assert lo < 0 < hi and (lo + hi) / 2 == pytest.approx(100 * 10 / 150, abs=0.1)
+    lo4, hi4 = E.paired_change_ci(44, 84, 600)  # same proportions, 4x the problems: half the width
+    assert (hi4 - lo4) == pytest.approx((hi - lo) / 2, abs=0.2) and lo4 > 0
+    assert E.paired_change_ci(0, 0, 50) == (0.0, 0.0)
+    assert E.paired_change_ci(0, 10, 10) == (100.0, 100.0)  # every problem fixed: no spread
+    with pytest.raises(ValueError, match="n = 0"):
+        E.paired_change_ci(0, 0, 0)
+
+
 def test_mcnemar_exact_known_values():
     assert E.mcnemar_exact(20, 7) == pytest.approx(0.0192, abs=5e-4)
     assert E.mcnemar_exact(16, 14) == pytest.approx(0.8555, abs=5e-4)

@@ -621,6 +621,19 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2 ** n)
 
 
+def paired_change_ci(a_only: int, b_only: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% interval (Wald, paired) for the accuracy change B - A, in points, from the discordant counts.
+
+    The change is ``d = (b_only - a_only) / n``; for paired right/wrong outcomes its variance is
+    ``((a_only + b_only) / n - d**2) / n``. Returns ``(low, high)`` rounded to one decimal.
+    """
+    if n <= 0:
+        raise ValueError(f"need at least one paired problem, got n = {n}")
+    d = (b_only - a_only) / n
+    half = z * math.sqrt(max((a_only + b_only) / n - d * d, 0.0) / n)
+    return round(100 * (d - half), 1), round(100 * (d + half), 1)
+
+
 def load_run(run: str | Path) -> dict[str, dict[str, bool]]:
     """``{benchmark: {id: correct}}`` from an eval output folder's ``<benchmark>.jsonl`` files."""
     folder = Path(run)
@@ -659,7 +672,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
         n = len(ids)
         rows[name] = {"n": n, "acc_a": round(100 * ar / n, 1), "acc_b": round(100 * br / n, 1),
                       "delta": round(100 * (br - ar) / n, 1), "a_only": ao, "b_only": bo,
-                      "p_value": mcnemar_exact(ao, bo), "unpaired_a": len(a[name]) - n,
+                      "p_value": mcnemar_exact(ao, bo), "delta_ci95": paired_change_ci(ao, bo, n),
+                      "unpaired_a": len(a[name]) - n,
                       "unpaired_b": len(b[name]) - n}
         for k, v in (("n", n), ("a_right", ar), ("b_right", br), ("a_only", ao), ("b_only", bo)):
             pooled[k] += v
@@ -669,22 +683,25 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
     mean_b = statistics.fmean(r["acc_b"] for r in rows.values())
     return {"run_a": str(run_a), "run_b": str(run_b), "benchmarks": rows,
             "average": {"acc_a": round(mean_a, 1), "acc_b": round(mean_b, 1), "delta": round(mean_b - mean_a, 1)},
-            "all": {**pooled, "p_value": mcnemar_exact(pooled["a_only"], pooled["b_only"])},
+            "all": {**pooled, "p_value": mcnemar_exact(pooled["a_only"], pooled["b_only"]),
+                    "delta_ci95": paired_change_ci(pooled["a_only"], pooled["b_only"], pooled["n"])},
             "only_in_a": sorted(set(a) - set(b)), "only_in_b": sorted(set(b) - set(a))}
 
 
 def compare_markdown(cmp: Mapping[str, Any]) -> str:
     lines = [f"# {cmp['run_a']} (A) vs {cmp['run_b']} (B)", "",
-             "| benchmark | n | A | B | B - A | A right only | B right only | McNemar p |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| benchmark | n | A | B | B - A | 95% CI | A right only | B right only | McNemar p |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in cmp["benchmarks"].items():
+        lo, hi = r["delta_ci95"]
         lines.append(f"| {name} | {r['n']} | {r['acc_a']:.1f} | {r['acc_b']:.1f} | {r['delta']:+.1f} | "
-                     f"{r['a_only']} | {r['b_only']} | {r['p_value']:.3g} |")
+                     f"{lo:+.1f} .. {hi:+.1f} | {r['a_only']} | {r['b_only']} | {r['p_value']:.3g} |")
     av, al = cmp["average"], cmp["all"]
+    lo, hi = al["delta_ci95"]
     lines.append(f"| **average** | {al['n']} | {av['acc_a']:.1f} | {av['acc_b']:.1f} | {av['delta']:+.1f} | "
-                 f"{al['a_only']} | {al['b_only']} | {al['p_value']:.3g} |")
-    lines += ["", "p: exact two-sided McNemar test on the problems one run got right and the other wrong "
-                  "(the average row pools all problems)."]
+                 f"{lo:+.1f} .. {hi:+.1f} (pooled) | {al['a_only']} | {al['b_only']} | {al['p_value']:.3g} |")
+    lines += ["", "p: exact two-sided McNemar test on the problems one run got right and the other wrong; 95% CI: "
+                  "paired Wald interval of B - A in points (the average row pools all problems)."]
     for key, who in (("only_in_a", "A"), ("only_in_b", "B")):
         if cmp[key]:
             lines.append(f"Only in {who}: {', '.join(cmp[key])}.")
@@ -705,7 +722,7 @@ def compare_main(cfg: EvalConfig) -> int:
 
 __all__ = [
     "EvalConfig", "main", "evaluate_model", "build_prompt", "encode_prompts", "few_shot_input", "load_benchmark",
-    "iter_generate", "generate_texts", "batch_slots", "StopChecker", "stop_token_ids", "postprocess_completion",
+    "iter_generate", "generate_texts", "batch_slots", "paired_change_ci", "StopChecker", "stop_token_ids", "postprocess_completion",
     "GenOutput", "summarize_records", "overall_summary", "compare_runs", "mcnemar_exact", "load_run",
     "STOP_STRINGS", "SYSTEM_PROMPT", "PAPER_BENCHMARKS", "ALL_BENCHMARKS",
 ]

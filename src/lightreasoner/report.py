@@ -319,6 +319,11 @@ def _fmt_signed(v: float | None) -> str:
     return "-" if v is None else f"{v:+.1f}"
 
 
+def _fmt_ci(row: dict) -> str:
+    ci = row.get("delta_ci95")
+    return "-" if not ci else f"{ci[0]:+.1f} .. {ci[1]:+.1f}"
+
+
 def _fmt_p(p: float | None) -> str:
     return "-" if p is None else f"{p:.3g}"
 
@@ -476,15 +481,16 @@ def section_accuracy(doc: Doc, data: RunData, figdir: Path, opts: dict) -> None:
             continue
         who = RUN_NAMES[other]
         doc.heading(3, f"Paired test: {who} vs base expert")
-        prow = [[b, r["n"], f"{r['acc_a']:.1f}", f"{r['acc_b']:.1f}", _fmt_signed(r["delta"]), r["a_only"],
-                 r["b_only"], _fmt_p(r["p_value"])] for b, r in cmp["benchmarks"].items()]
+        prow = [[b, r["n"], f"{r['acc_a']:.1f}", f"{r['acc_b']:.1f}", _fmt_signed(r["delta"]), _fmt_ci(r),
+                 r["a_only"], r["b_only"], _fmt_p(r["p_value"])] for b, r in cmp["benchmarks"].items()]
         av, al = cmp["average"], cmp["all"]
         prow.append(["**all**", al["n"], f"{av['acc_a']:.1f}", f"{av['acc_b']:.1f}", _fmt_signed(av["delta"]),
-                     al["a_only"], al["b_only"], _fmt_p(al["p_value"])])
-        doc.table(["benchmark", "paired problems", "base", who, "change", "only base right", f"only {who} right",
-                   "McNemar p"], prow)
+                     _fmt_ci(al), al["a_only"], al["b_only"], _fmt_p(al["p_value"])])
+        doc.table(["benchmark", "paired problems", "base", who, "change", "95% CI", "only base right",
+                   f"only {who} right", "McNemar p"], prow)
         doc.para("p: exact two-sided McNemar test on the discordant problems (one model right, the other wrong); "
-                 "the last row pools all problems and averages the accuracies over benchmarks.")
+                 "95% CI: paired Wald interval of the change in points; the last row pools all problems (its CI "
+                 "is of the pooled change) and averages the accuracies over benchmarks.")
     if "base" not in data.evals or len(data.evals) < 2:
         doc.note("Only one evaluated model: no paired test.")
     path = plot_accuracy(accs, benches, means, figdir / "accuracy.png")
