@@ -130,3 +130,21 @@ def test_sigterm_stops_a_command_like_ctrl_c(model_dirs, tmp_path, monkeypatch):
     assert not (run / "eval" / "base" / "summary.json").exists()
     monkeypatch.setattr(evaluate, "main", real)
     assert cli_main(args) == 0 and (run / "eval" / "tuned" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "--data", "none"],
+    ["eval", "--model", "m", "--output", "o"],
+    ["sft", "--output", "o"],
+    ["merge", "--adapter", "a", "--output", "o"],
+])
+def test_single_process_stages_refuse_a_launcher(command, monkeypatch, tmp_path, capsys):
+    """Under several processes, stages that would duplicate work stop at once, name the fix, write nothing."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert cli_main(command) == 2
+    err = capsys.readouterr().err
+    assert f"`lightreasoner {command[0]}` runs in one process" in err and "WORLD_SIZE=2" in err
+    assert "`sample` and `train`" in err
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["o"]) and not any(tmp_path.rglob("*.json*"))

@@ -43,7 +43,7 @@ from . import grading
 from .config import ConfigError, option, save_config
 from .models import DTYPES
 from .utils import InputError, JsonlAppender, environment_info, iter_jsonl, read_complete_jsonl, read_json, \
-    write_json
+    require_single_process, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -560,6 +560,7 @@ def main(cfg: EvalConfig) -> int:
     """``lightreasoner eval``: evaluate a model (optionally with a LoRA adapter), or compare two runs."""
     if cfg.compare is not None:
         return compare_main(cfg)
+    require_single_process("eval")
     from .models import load_model
 
     t0 = time.perf_counter()

@@ -149,6 +149,9 @@ def _eval_done(folder: Path, ecfg: Any) -> bool:
 
 def main(cfg: RunConfig) -> int:
     from . import evaluate, report, sample, sft, train
+    from .utils import require_single_process
+
+    require_single_process("run")
 
     run = Path(cfg.output)
     run.mkdir(parents=True, exist_ok=True)

@@ -144,6 +144,9 @@ def sft_records(candidates: Sequence[dict]) -> list[dict]:
 
 def main(cfg: SFTConfig) -> int:
     from . import train as train_stage
+    from .utils import require_single_process
+
+    require_single_process("sft")
     from .models import load_model
 
     out = Path(cfg.output)

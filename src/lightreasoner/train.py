@@ -1078,6 +1078,9 @@ def _stored_dtype(src: models.ModelSource | None) -> torch.dtype:
 
 def merge_main(cfg: MergeConfig) -> int:
     """``lightreasoner merge``: write base + adapter as one standalone model."""
+    from .utils import require_single_process
+
+    require_single_process("merge")
     adapter = Path(cfg.adapter)
     try:
         models.resolve_source(cfg.expert, prepare=False)

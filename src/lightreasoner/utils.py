@@ -149,6 +149,16 @@ def dist_info() -> DistInfo:
                     int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def require_single_process(command: str) -> None:
+    """Stop a command that must run in one process when a launcher started several (it would duplicate work
+    and write the same files from every rank)."""
+    world = dist_info().world_size
+    if world > 1:
+        raise InputError(f"`lightreasoner {command}` runs in one process, but it was launched with WORLD_SIZE="
+                         f"{world}; use `accelerate launch`/`torchrun` for `sample` and `train` (they share the work "
+                         f"across processes) and run `{command}` without a launcher (one process, one GPU)")
+
+
 class Stopwatch:
     """Accumulates named wall-clock spans: ``with sw('generation'): ...``; ``sw.totals`` in seconds."""
 
