@@ -359,3 +359,14 @@ def test_gold_perplexity_is_lower_for_a_model_fitted_to_the_gold(ppl_problems):
     _, ppl_after = R.gold_perplexity(fitted, tok, ppl_problems, "Be brief.")
     assert ppl_after < 0.8 * ppl_before
     assert fitted.training  # the caller's mode is restored
+
+
+def test_report_warns_when_models_were_evaluated_on_different_problems(full_run):
+    assert "Not evaluated on the same problems" not in (R.write_report(full_run).read_text())
+    tuned = full_run / "eval" / "tuned" / "gsm8k.jsonl"
+    rows = tuned.read_text().splitlines()
+    tuned.write_text("\n".join(rows[:4]) + "\n")  # an unfinished evaluation
+    md = R.write_report(full_run).read_text()
+    assert "Not evaluated on the same problems" in md and "LightReasoner 4" in md
+    assert f"base expert {len(rows)}" in md
+    assert table_row(section(md, "### Paired test: LightReasoner vs base expert"), "gsm8k")[1] == "4"

@@ -475,6 +475,12 @@ def section_accuracy(doc: Doc, data: RunData, figdir: Path, opts: dict) -> None:
     doc.table(["benchmark"] + [f"{RUN_NAMES[n]} (n)" for n in names], rows)
     doc.para("Accuracy: zero-shot greedy pass@1 in percent, graded like the Qwen2.5-Math toolkit; the average is "
              "the plain mean over benchmarks.")
+    uneven = [f"{b} ({', '.join(f'{RUN_NAMES[n]} {accs[n][b][1]}' for n in names if b in accs[n])})"
+              for b in benches if len({accs[n][b][1] for n in names if b in accs[n]}) > 1]
+    if uneven:
+        doc.note("Not evaluated on the same problems (an evaluation is unfinished or was cut differently): "
+                 + "; ".join(uneven) + ". The accuracies above are not comparable; the paired test below uses "
+                 "only the problems both models have.")
     for other in ("tuned", "sft"):
         cmp = data.comparison(other)
         if cmp is None:
