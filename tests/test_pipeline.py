@@ -17,10 +17,15 @@ TINY = ["--max-problems", "4", "--max-new-tokens", "8", "--sample-batch-size", "
         "--device", "cpu", "--lr", "1e-3"]
 
 
-def test_run_end_to_end_resumes_and_reports(model_dirs, tmp_path, capsys):
+def run_args(model_dirs, run, *extra: str) -> list[str]:
+    """`lightreasoner run` on the tiny pair with generated problems, into ``run``."""
     edir, adir = model_dirs
+    return ["run", "--expert", edir, "--amateur", adir, "--data", "none", "--output", str(run), *TINY, *extra]
+
+
+def test_run_end_to_end_resumes_and_reports(model_dirs, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["run", "--expert", edir, "--amateur", adir, "--data", "none", "--output", str(run)] + TINY
+    args = run_args(model_dirs, run)
     assert cli_main(args) == 0
     for path in ("samples.jsonl", "samples.manifest.json", "adapter/summary.json", "merged/config.json",
                  "eval/base/summary.json", "eval/tuned/summary.json", "perplexity.json", "report.md",
@@ -50,10 +55,8 @@ def test_run_end_to_end_resumes_and_reports(model_dirs, tmp_path, capsys):
 def test_run_resumes_after_a_failed_stage(model_dirs, tmp_path, monkeypatch):
     from lightreasoner import evaluate
 
-    edir, adir = model_dirs
     run = tmp_path / "run"
-    args = ["run", "--expert", edir, "--amateur", adir, "--data", "none", "--output", str(run)] + TINY + [
-        "--perplexity-problems", "0"]
+    args = run_args(model_dirs, run, "--perplexity-problems", "0")
     real = evaluate.main
     monkeypatch.setattr(evaluate, "main", lambda cfg: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert cli_main(args) == 130
@@ -112,10 +115,8 @@ def test_sigterm_stops_a_command_like_ctrl_c(model_dirs, tmp_path, monkeypatch):
 
     from lightreasoner import evaluate
 
-    edir, adir = model_dirs
     run = tmp_path / "run"
-    args = ["run", "--expert", edir, "--amateur", adir, "--data", "none", "--output", str(run)] + TINY + [
-        "--perplexity-problems", "0"]
+    args = run_args(model_dirs, run, "--perplexity-problems", "0")
     real = evaluate.main
 
     def killed(cfg):

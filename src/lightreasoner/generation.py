@@ -84,17 +84,22 @@ class CachedDecoder:
             self._hook.remove()
             self._hook = None
 
-    @torch.inference_mode()
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[Any, torch.Tensor,
+                                                                                       torch.Tensor]:
+        """Run left-padded prompts into a new cache: ``(cache, next positions [B], last logits [B, V])``."""
         from transformers import DynamicCache
 
-        self.cache = DynamicCache()
-        self.mask = attention_mask
+        cache = DynamicCache()
         pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                         use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache})
-        self.next_pos = pos[:, -1] + 1
-        return out.logits[:, -1]
+                         use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
+        return cache, pos[:, -1] + 1, out.logits[:, -1]
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        self.cache, self.next_pos, logits = self._encode(input_ids, attention_mask)
+        self.mask = attention_mask
+        return logits
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -112,24 +117,19 @@ class CachedDecoder:
         The new rows' cache and the live one are left padded to a common width (padding is masked out, and
         positions are per row), then concatenated along the batch. Returns the new rows' logits ``[k, V]``.
         """
-        from transformers import DynamicCache
-
         if self.cache is None or self.mask is None or self.mask.shape[0] == 0:
             return self.prefill(input_ids, attention_mask)
         if not hasattr(self.cache, "layers"):
             raise RuntimeError("continuous batching needs a transformers Cache with per-layer tensors "
                                "(transformers >= 4.56); use batch_size large enough for all prompts instead")
-        cache = DynamicCache()
-        pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                         use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
+        cache, next_pos, logits = self._encode(input_ids, attention_mask)
         width = max(self.mask.shape[1], attention_mask.shape[1])
         for live, new in zip(self.cache.layers, cache.layers):
             live.keys = torch.cat([_pad_time(live.keys, width), _pad_time(new.keys, width)])
             live.values = torch.cat([_pad_time(live.values, width), _pad_time(new.values, width)])
         self.mask = torch.cat([_pad_time(self.mask, width), _pad_time(attention_mask, width)])
-        self.next_pos = torch.cat([self.next_pos, pos[:, -1] + 1])
-        return out.logits[:, -1]
+        self.next_pos = torch.cat([self.next_pos, next_pos])
+        return logits
 
     def reset(self) -> None:
         """Forget the batch (the next :meth:`admit` starts a new one)."""
@@ -173,14 +173,6 @@ class StepView:
     extra: dict = field(default_factory=dict)
 
 
-def pick_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Argmax for ``temperature == 0``, else a sample from ``softmax(logits / temperature)``."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs.cpu(), 1, generator=generator).view(-1).to(logits.device)
-
-
 def _row_generators(seed: int | Sequence[int] | None, n: int) -> list[torch.Generator] | None:
     if seed is None:
         return None
@@ -190,11 +182,20 @@ def _row_generators(seed: int | Sequence[int] | None, n: int) -> list[torch.Gene
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
-def _pick(logits: torch.Tensor, temperature: float, gens: list[torch.Generator] | None,
-          rows: list[int]) -> torch.Tensor:
-    if temperature <= 0 or gens is None:
-        return pick_tokens(logits, temperature, None)
-    return torch.cat([pick_tokens(logits[j:j + 1], temperature, gens[r]) for j, r in enumerate(rows)])
+def pick_tokens(logits: torch.Tensor, temperature: float,
+                generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+    """Argmax for ``temperature == 0``, else a sample from ``softmax(logits / temperature)``.
+
+    ``generators[j]`` (optional) draws row ``j``'s sample, so it does not depend on the other rows.
+    """
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+    if generators is None:
+        picked = torch.multinomial(probs, 1).view(-1)
+    else:
+        picked = torch.cat([torch.multinomial(probs[j], 1, generator=g) for j, g in enumerate(generators)])
+    return picked.to(logits.device)
 
 
 def stream(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_ids: Sequence[int],
@@ -245,7 +246,7 @@ def stream(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                 on_step(StepView(t, torch.tensor(rows, device=device), logits))
             t += 1
             with torch.inference_mode():
-                tok = _pick(logits, temperature, gens, rows)
+                tok = pick_tokens(logits, temperature, None if gens is None else [gens[r] for r in rows])
                 done = torch.isin(tok, eos)
             tok_list, done_list = tok.tolist(), done.tolist()
             finished: list[tuple[int, Completion]] = []
