@@ -275,6 +275,29 @@ def test_resume_matches_uninterrupted_run(tmp_path, model_dirs, data_dir):
     assert without_timing(read_jsonl(full / "gsm8k.jsonl")) == without_timing(reference)
 
 
+def test_interrupted_larger_selection_does_not_look_finished(tmp_path, model_dirs, data_dir, monkeypatch):
+    from lightreasoner.pipeline import _eval_done
+
+    out = tmp_path / "run"
+    run_eval(out, model_dirs[0], data_dir, limit=2)
+    cfg = resolve(E.EvalConfig, cli={"model": model_dirs[0], "output": str(out), "data_dir": str(data_dir),
+                                     "benchmarks": "gsm8k", **FAST})
+    assert not _eval_done(out, cfg)  # the limit grew
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(E, "evaluate_model", killed)
+    with pytest.raises(KeyboardInterrupt):
+        E.main(cfg)
+    # the summary of the 2-problem evaluation is gone (its records stay), so a rerun evaluates again
+    assert not (out / "summary.json").exists() and len(read_jsonl(out / "gsm8k.jsonl")) == 2
+    assert not _eval_done(out, cfg)
+    monkeypatch.undo()
+    assert E.main(cfg) == 0 and _eval_done(out, cfg)
+    assert json.loads((out / "summary.json").read_text())["benchmarks"]["gsm8k"]["n"] == 6
+
+
 def test_resume_refuses_other_settings(tmp_path, model_dirs, data_dir):
     out = tmp_path / "run"
     run_eval(out, model_dirs[0], data_dir, limit=2)

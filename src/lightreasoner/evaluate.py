@@ -582,6 +582,10 @@ def main(cfg: EvalConfig) -> int:
                 "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
     out.mkdir(parents=True, exist_ok=True)
     _check_output(out, identity, cfg.overwrite)
+    # A summary describes a finished evaluation. Until this one finishes there is none: an old summary (say of a
+    # smaller --limit) must not make an interrupted run look complete. The records it was built from are kept.
+    for f in (out / "summary.json", out / "summary.md"):
+        f.unlink(missing_ok=True)
     eos_ids = stop_token_ids(tokenizer, model)
     save_config(cfg, out / "config.json", extra={
         "identity": identity, "model": loaded.describe(), "adapter": cfg.adapter, "stop_strings": list(STOP_STRINGS),
