@@ -339,6 +339,35 @@ def test_adapter_eval_matches_merged_model(tmp_path, model_dirs, data_dir, token
     assert plain["adapter"] is None
 
 
+def test_bf16_adapter_eval_matches_the_merge_stage(tmp_path, model_dirs, data_dir, tokenizer):
+    """A bf16 expert + adapter evaluates exactly like the bf16 checkpoint `lightreasoner merge` writes."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from lightreasoner.train import merge_adapter
+
+    base_dir = tmp_path / "base16"
+    AutoModelForCausalLM.from_pretrained(model_dirs[0], dtype=torch.bfloat16).save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    torch.manual_seed(1)
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    merged = merge_adapter(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), tmp_path / "adapter")
+    merged.to(torch.bfloat16).save_pretrained(tmp_path / "merged")
+    tokenizer.save_pretrained(tmp_path / "merged")
+
+    kw = {"max_new_tokens": 16, "dtype": "bfloat16"}
+    run_eval(tmp_path / "plain", str(base_dir), data_dir, **kw)
+    run_eval(tmp_path / "lora", str(base_dir), data_dir, adapter=str(tmp_path / "adapter"), **kw)
+    run_eval(tmp_path / "merged_run", str(tmp_path / "merged"), data_dir, **kw)
+    texts = {name: [r["completion"] for r in read_jsonl(tmp_path / name / "gsm8k.jsonl")]
+             for name in ("plain", "lora", "merged_run")}
+    assert texts["lora"] != texts["plain"]
+    assert texts["lora"] == texts["merged_run"]
+    assert json.loads((tmp_path / "lora" / "config.json").read_text())["identity"]["dtype"] == "bfloat16"
+
+
 def test_evaluate_model_scores_known_completions(tmp_path, monkeypatch, tokenizer, data_dir):
     """Half the completions box the gold answer: accuracy, records and resume follow the grader's verdicts."""
     examples = E.load_benchmark("gsm8k", data_dir)
