@@ -85,7 +85,7 @@ def test_sft_keeps_only_right_finished_unique_solutions():
         (0, [5], [1.0]), (1, [6], [1.0]), (2, [256], [1.0])]
 
 
-def test_sft_stage_samples_grades_and_trains(model_dirs, tmp_path):
+def test_sft_stage_samples_grades_and_trains(model_dirs, tmp_path, monkeypatch):
     edir, _ = model_dirs
     data = tmp_path / "p.jsonl"
     data.write_text("".join(json.dumps({"question": p.question, "answer": p.solution}) + "\n"
@@ -102,7 +102,21 @@ def test_sft_stage_samples_grades_and_trains(model_dirs, tmp_path):
         c["correct"] = True
         c["finish_reason"] = "eos"
     (out / "candidates.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cands))
-    assert cli_main(args) == 0
+    # Killed after the first update: the checkpoint it saved is where the rerun continues.
+    from lightreasoner import train as train_stage
+
+    real = train_stage._save_checkpoint
+
+    def killed_after_saving(*a, **kw):
+        real(*a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_stage, "_save_checkpoint", killed_after_saving)
+    assert cli_main(args + ["--save-every", "1", "--steps-per-update", "4"]) == 130  # like Ctrl-C
+    monkeypatch.setattr(train_stage, "_save_checkpoint", real)
+    assert train_stage.find_checkpoint(out / "adapter", "auto").name == "step-000001"
+    assert read_json(out / "timings.json")["training"] > 0 and not (out / "summary.json").exists()
+    assert cli_main(args + ["--save-every", "1", "--steps-per-update", "4"]) == 0
     s = read_json(out / "summary.json")
     assert s["problems_sampled"] == 3 and s["trajectories"] == 2 and s["problems_used"] == 1
     assert s["tuned_tokens"] > 0 and (out / "adapter" / "adapter_config.json").exists()
