@@ -116,7 +116,8 @@ def test_sft_stage_samples_grades_and_trains(model_dirs, tmp_path, monkeypatch):
     monkeypatch.setattr(train_stage, "_save_checkpoint", real)
     assert train_stage.find_checkpoint(out / "adapter", "auto").name == "step-000001"
     assert read_json(out / "timings.json")["training"] > 0 and not (out / "summary.json").exists()
-    assert cli_main(args + ["--save-every", "1", "--steps-per-update", "4"]) == 0
+    assert cli_main(args + ["--save-every", "1", "--steps-per-update", "4", "--max-tokens-per-forward", "8"]) == 0
+    assert read_json(out / "adapter" / "train_config.json")["config"]["max_tokens_per_forward"] == 8
     s = read_json(out / "summary.json")
     assert s["problems_sampled"] == 3 and s["trajectories"] == 2 and s["problems_used"] == 1
     assert s["tuned_tokens"] > 0 and (out / "adapter" / "adapter_config.json").exists()
