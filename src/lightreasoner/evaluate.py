@@ -528,7 +528,7 @@ def file_fingerprint(folder: str | Path, patterns: Sequence[str] = ("adapter_con
 def load_adapter(model: Any, adapter: str | Path) -> Any:
     """``model`` with a LoRA adapter folded into its weights, in eval mode.
 
-    The fold is done as ``lightreasoner merge`` does it (in float32, then back to the model's dtype), so an
+    The fold is ``lightreasoner merge``'s (:func:`train.merge_adapter`: float32, then each tensor's dtype), so an
     adapter evaluates exactly like its merged checkpoint, and costs nothing per generated token. A model whose
     weights are not all floating point (quantized) keeps the adapter as a peft wrapper instead.
     """
@@ -542,12 +542,7 @@ def load_adapter(model: Any, adapter: str | Path) -> Any:
                          f"`lightreasoner train` (peft save_pretrained)")
     if not all(w.is_floating_point() for w in model.parameters()):
         return PeftModel.from_pretrained(model, str(p), is_trainable=False).eval()
-    # Back to each tensor's own dtype: a blanket .to(bf16) would also round float32 buffers (rotary frequencies).
-    dtypes = {n: t.dtype for n, t in [*model.named_parameters(), *model.named_buffers()]}
-    merged = merge_adapter(model.float(), p)
-    for n, t in [*merged.named_parameters(), *merged.named_buffers()]:
-        t.data = t.data.to(dtypes.get(n, t.dtype))
-    return merged.eval()
+    return merge_adapter(model, p).eval()
 
 
 def _check_output(out: Path, identity: Mapping[str, Any], overwrite: bool) -> None:

@@ -1061,10 +1061,19 @@ def main(cfg: TrainConfig) -> int:
 
 
 def merge_adapter(base: nn.Module, adapter_dir: str | Path) -> nn.Module:
-    """``base`` + LoRA adapter -> a plain transformers model with the adapter folded into its weights."""
+    """``base`` + LoRA adapter -> a plain transformers model with the adapter folded into its weights.
+
+    The fold is done in float32 and each tensor goes back to its own dtype (a blanket ``.to(bf16)`` would also
+    round float32 buffers such as rotary frequencies), so a bf16 model folded in memory equals the bf16
+    checkpoint ``merge`` writes from a float32 load.
+    """
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    dtypes = {n: t.dtype for n, t in [*base.named_parameters(), *base.named_buffers()]}
+    merged = PeftModel.from_pretrained(base.float(), str(adapter_dir)).merge_and_unload()
+    for n, t in [*merged.named_parameters(), *merged.named_buffers()]:
+        t.data = t.data.to(dtypes.get(n, t.dtype))
+    return merged
 
 
 def _stored_dtype(src: models.ModelSource | None) -> torch.dtype:
