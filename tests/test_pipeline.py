@@ -68,6 +68,31 @@ def test_run_resumes_after_a_failed_stage(model_dirs, tmp_path, monkeypatch):
     assert (run / "eval" / "tuned" / "summary.json").exists()
 
 
+def test_run_with_sft_evaluates_the_baseline_and_fills_the_efficiency_table(model_dirs, tmp_path, monkeypatch, capsys):
+    from lightreasoner import sft
+
+    # Tiny random models are never right; grade every finished solution right so the baseline has data.
+    monkeypatch.setattr(sft, "grade_against_reference", lambda completion, answer: ("1", True))
+    run = tmp_path / "run"
+    args = run_args(model_dirs, run, "--perplexity-problems", "0", "--with-sft", "--sft-samples-per-problem", "2",
+                    "--sft-max-new-tokens", "6", "--sft-epochs", "1")
+    # ...but they never stop within 6 tokens either, and unfinished solutions are not kept: a clear error.
+    assert cli_main(args) == 2
+    assert "were cut at --max-new-tokens 6" in capsys.readouterr().err
+    assert len(read_complete_jsonl(run / "sft" / "candidates.jsonl")) == 8
+    # Count them finished (as a capable model's would be); the rerun reuses the candidates and goes on.
+    real = sft.sft_records
+    monkeypatch.setattr(sft, "sft_records", lambda cands: real([{**c, "finish_reason": "eos"} for c in cands]))
+    assert cli_main(args) == 0
+    assert {"sft", "eval_sft"} <= set(read_json(run / "timings.json"))
+    s = read_json(run / "sft" / "summary.json")
+    assert s["problems_sampled"] == 4 and s["tuned_tokens"] > 0
+    assert read_json(run / "sft" / "adapter" / "train_config.json")["config"]["epochs"] == 1
+    assert read_json(run / "eval" / "sft" / "summary.json")["totals"]["n"] == 3
+    report = (run / "report.md").read_text()
+    assert "| SFT |" in report and "LightReasoner / SFT" in report
+
+
 def test_sft_keeps_only_right_finished_unique_solutions():
     cands = [
         {"id": "a#0", "problem_id": "a", "question": "q", "prompt_ids": [1], "completion_ids": [5, 6, 256],

@@ -75,6 +75,7 @@ class RunConfig:
     sft_samples_per_problem: int = option(4, "SFT: solutions sampled per problem")
     sft_temperature: float = option(0.7, "SFT: sampling temperature")
     sft_max_new_tokens: int = option(512, "SFT: longest sampled solution")
+    sft_epochs: float = option(2.0, "SFT: passes over the kept solutions")
     perplexity_problems: int = option(32, "held-out problems for the gold-answer perplexity across checkpoints "
                                           "(0: skip)")
     dtype: str = option("auto", "model dtype", choices=("auto", "float32", "bfloat16", "float16"))
@@ -207,7 +208,7 @@ def main(cfg: RunConfig) -> int:
         sfcfg = resolve(sft.SFTConfig, cli={
             "output": str(run / "sft"), "expert": cfg.expert, "data": data, "max_problems": cfg.max_problems,
             "shuffle_seed": cfg.shuffle_seed, "samples_per_problem": cfg.sft_samples_per_problem,
-            "temperature": cfg.sft_temperature, "max_new_tokens": cfg.sft_max_new_tokens,
+            "temperature": cfg.sft_temperature, "max_new_tokens": cfg.sft_max_new_tokens, "epochs": cfg.sft_epochs,
             "batch_size": cfg.eval_batch_size,
             "lr": cfg.lr, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_targets": cfg.lora_targets,
             **common})

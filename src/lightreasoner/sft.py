@@ -190,6 +190,11 @@ def main(cfg: SFTConfig) -> int:
     candidates = read_complete_jsonl(cand_path)
     records = sft_records(candidates)
     if not records:
+        right = sum(c["correct"] for c in candidates)
+        cut = sum(c["correct"] and c["finish_reason"] == "length" for c in candidates)
+        if right and cut == right:
+            raise InputError(f"all {right} right solutions of {len(candidates)} sampled were cut at "
+                             f"--max-new-tokens {cfg.max_new_tokens} (unfinished solutions are not kept); raise it")
         raise InputError(f"no sampled solution was right ({len(candidates)} sampled); raise "
                          f"--samples-per-problem or --temperature, or check --answer-field")
     samples = out / "train_samples.jsonl"
