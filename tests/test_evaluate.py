@@ -353,7 +353,11 @@ def test_bf16_adapter_eval_matches_the_merge_stage(tmp_path, model_dirs, data_di
     lora = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     lora.save_pretrained(tmp_path / "adapter")
-    merged = merge_adapter(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), tmp_path / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    base.model.norm.weight.requires_grad_(False)  # a flag the fold must keep, like every other
+    flags = {n: p.requires_grad for n, p in base.named_parameters()}
+    merged = merge_adapter(base, tmp_path / "adapter")
+    assert {n: p.requires_grad for n, p in merged.named_parameters()} == flags  # PEFT froze them all
     merged.to(torch.bfloat16).save_pretrained(tmp_path / "merged")
     tokenizer.save_pretrained(tmp_path / "merged")
 

@@ -1,5 +1,6 @@
 """The decoding seam: KV-cache splicing and continuous batching must not change what a prompt decodes to."""
 
+import copy
 import random
 import time
 
@@ -39,6 +40,27 @@ def test_admit_splices_rows_into_a_live_cache(expert):
     for row, ctx in enumerate([long_, [33, 34]]):
         ref = expert(input_ids=torch.tensor([ctx])).logits[0, -1]
         torch.testing.assert_close(admitted[row], ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_the_output_layer_reads_a_contiguous_input(expert, frozen):
+    """A prefill keeps the last position only, a strided view; the decoder hands the output layer a contiguous
+    copy (a frozen model on CPU otherwise takes a batched matmul over copies of the [V, H] weight)."""
+    model = copy.deepcopy(expert).requires_grad_(not frozen)
+    seen = []
+    dec = CachedDecoder(model, capture_hidden=True)
+    hook = model.get_output_embeddings().register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    ids, mask = left_pad(_prompts(3, seed=4), 257, "cpu")
+    logits = dec.prefill(ids, mask)
+    dec.step(logits.argmax(-1))
+    hook.remove()
+    dec.close()
+    assert [tuple(h.shape[:2]) for h in seen] == [(3, 1), (3, 1)]
+    assert all(h.is_contiguous() for h in seen)
+    torch.testing.assert_close(dec.last_hidden, seen[-1][:, -1])
+    with torch.inference_mode():
+        ref = expert(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    torch.testing.assert_close(logits, ref[:, -1], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("batch_size,refill", [(1, None), (3, 1), (4, 2), (16, None)])

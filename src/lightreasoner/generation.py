@@ -62,6 +62,12 @@ class CachedDecoder:
     each ``step(tokens)`` feeds one token per live row and returns the next logits. ``keep(rows)`` retains
     only the given live rows (indices into the current batch) in the cache, mask and positions.
     ``capture_hidden=True`` also records the final hidden state that the output layer reads (``last_hidden``).
+
+    The output layer always gets a contiguous input. A prefill keeps one position (``hidden[:, -1:, :]``, a
+    strided view), and on CPU ``torch.matmul`` only folds such a 3-d input into one matrix product when the
+    weight requires grad; for a frozen model (``requires_grad_(False)``, or one that PEFT has merged) it falls
+    back to a batched product over ``B`` expanded copies of the ``[V, H]`` weight, hundreds of times slower for a
+    150k-token vocabulary (``benchmarks/bench_generation.py``). Copying the ``[B, 1, H]`` view costs nothing.
     """
 
     def __init__(self, model: Any, capture_hidden: bool = False):
@@ -72,12 +78,14 @@ class CachedDecoder:
         self.mask: torch.Tensor | None = None
         self.next_pos: torch.Tensor | None = None
         self.last_hidden: torch.Tensor | None = None
-        self._hook = None
-        if capture_hidden:
-            self._hook = model.get_output_embeddings().register_forward_pre_hook(self._grab)
+        self.capture_hidden = capture_hidden
+        self._hook = model.get_output_embeddings().register_forward_pre_hook(self._before_output_layer)
 
-    def _grab(self, module: Any, args: tuple) -> None:
-        self.last_hidden = args[0][:, -1].detach()
+    def _before_output_layer(self, module: Any, args: tuple) -> tuple:
+        hidden = args[0]
+        if self.capture_hidden:
+            self.last_hidden = hidden[:, -1].detach()
+        return (hidden.contiguous(), *args[1:])
 
     def close(self) -> None:
         if self._hook is not None:

@@ -1065,14 +1065,18 @@ def merge_adapter(base: nn.Module, adapter_dir: str | Path) -> nn.Module:
 
     The fold is done in float32 and each tensor goes back to its own dtype (a blanket ``.to(bf16)`` would also
     round float32 buffers such as rotary frequencies), so a bf16 model folded in memory equals the bf16
-    checkpoint ``merge`` writes from a float32 load.
+    checkpoint ``merge`` writes from a float32 load. PEFT freezes the base weights; the fold gives each parameter
+    back its own ``requires_grad`` too, so the result is the base model with new weights and nothing else changed.
     """
     from peft import PeftModel
 
     dtypes = {n: t.dtype for n, t in [*base.named_parameters(), *base.named_buffers()]}
+    trainable = {n: p.requires_grad for n, p in base.named_parameters()}
     merged = PeftModel.from_pretrained(base.float(), str(adapter_dir)).merge_and_unload()
     for n, t in [*merged.named_parameters(), *merged.named_buffers()]:
         t.data = t.data.to(dtypes.get(n, t.dtype))
+    for n, p in merged.named_parameters():
+        p.requires_grad_(trainable.get(n, p.requires_grad))
     return merged
 
 
