@@ -78,7 +78,7 @@ def test_run_with_sft_evaluates_the_baseline_and_fills_the_efficiency_table(mode
                     "--sft-max-new-tokens", "6", "--sft-epochs", "1")
     # ...but they never stop within 6 tokens either, and unfinished solutions are not kept: a clear error.
     assert cli_main(args) == 2
-    assert "were cut at --max-new-tokens 6" in capsys.readouterr().err
+    assert "were cut at --sft-max-new-tokens 6" in capsys.readouterr().err  # run's flag, not sft's
     assert len(read_complete_jsonl(run / "sft" / "candidates.jsonl")) == 8
     # Count them finished (as a capable model's would be); the rerun reuses the candidates and goes on.
     real = sft.sft_records
@@ -91,6 +91,22 @@ def test_run_with_sft_evaluates_the_baseline_and_fills_the_efficiency_table(mode
     assert read_json(run / "eval" / "sft" / "summary.json")["totals"]["n"] == 3
     report = (run / "report.md").read_text()
     assert "| SFT |" in report and "LightReasoner / SFT" in report
+
+
+def test_stage_errors_name_runs_flags(model_dirs, tmp_path, capsys):
+    from lightreasoner.pipeline import EVAL_FLAGS, SFT_FLAGS, as_run_flags
+
+    assert as_run_flags("--max-new-tokens 6 (not --sft-max-new-tokens, --max-new-tokens-x)", SFT_FLAGS) == \
+        "--sft-max-new-tokens 6 (not --sft-max-new-tokens, --max-new-tokens-x)"
+    assert as_run_flags("--limit 5; --batch-size 0", EVAL_FLAGS) == "--eval-limit 5; --eval-batch-size 0"
+    # A bad SFT setting that only the SFT stage's config checks: the error names run's flags, both at once.
+    run = tmp_path / "run"
+    args = run_args(model_dirs, run, "--perplexity-problems", "0", "--with-sft", "--sft-samples-per-problem", "0",
+                    "--sft-temperature", "0")
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "--sft-samples-per-problem must be >= 1" in err and "--sft-temperature must be > 0" in err
+    assert (run / "eval" / "tuned" / "summary.json").exists()  # the stages before it are done and kept
 
 
 def test_sft_keeps_only_right_finished_unique_solutions():

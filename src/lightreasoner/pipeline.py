@@ -12,14 +12,16 @@ Layout: ``samples.jsonl`` (+ manifest), ``adapter/``, ``merged/``, ``eval/{base,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import option, resolve, to_dict
+from .config import ConfigError, option, resolve, to_dict
 from .embedded import DEFAULT_AMATEUR, DEFAULT_EXPERT
 from .utils import InputError, environment_info, read_json, write_json
 
@@ -109,6 +111,33 @@ def write_heldout(run: Path, n: int) -> Path:
     return folder
 
 
+# A stage's flags as `run` spells them, so an error raised inside a stage names the flag the user can change.
+SAMPLE_FLAGS = {"--batch-size": "--sample-batch-size"}
+EVAL_FLAGS = {"--benchmarks": "--eval-benchmarks", "--data-dir": "--eval-data-dir", "--limit": "--eval-limit",
+              "--prompt": "--eval-prompt", "--max-new-tokens": "--eval-max-new-tokens",
+              "--batch-size": "--eval-batch-size"}
+SFT_FLAGS = {"--samples-per-problem": "--sft-samples-per-problem", "--temperature": "--sft-temperature",
+             "--max-new-tokens": "--sft-max-new-tokens", "--epochs": "--sft-epochs",
+             "--batch-size": "--eval-batch-size"}
+
+
+def as_run_flags(text: str, flags: dict[str, str]) -> str:
+    """``text`` with each of a stage's flags (whole flags only) replaced by ``run``'s name for it."""
+    pattern = r"(?<![\w-])(" + "|".join(map(re.escape, flags)) + r")(?![\w-])"
+    return re.sub(pattern, lambda m: flags[m.group(1)], text)
+
+
+@contextlib.contextmanager
+def run_flags(flags: dict[str, str]):
+    """Re-raise a stage's InputError or ConfigError with ``run``'s flag names (see :func:`as_run_flags`)."""
+    try:
+        yield
+    except ConfigError as e:
+        raise ConfigError([as_run_flags(p, flags) for p in e.problems]) from None
+    except InputError as e:
+        raise InputError(as_run_flags(str(e), flags)) from None
+
+
 class StageRunner:
     """Runs stages in order, skipping finished ones, and sums each stage's wall time in ``timings.json``."""
 
@@ -171,13 +200,14 @@ def main(cfg: RunConfig) -> int:
     samples = run / "samples.jsonl"
     common = {"dtype": cfg.dtype, "device": cfg.device}
 
-    scfg = resolve(sample.SampleConfig, cli={
-        "output": str(samples), "expert": cfg.expert, "amateur": cfg.amateur, "data": data,
-        "max_problems": cfg.max_problems, "shuffle_seed": cfg.shuffle_seed, "max_new_tokens": cfg.max_new_tokens,
-        "batch_size": cfg.sample_batch_size, "alpha": cfg.alpha, "beta": cfg.beta, "selection": cfg.selection,
-        "contrast": cfg.contrast, "allow_vocab_mismatch": cfg.allow_vocab_mismatch, **common})
-    stage("sample", lambda: sample.manifest_path(samples).exists() and read_json(
-        sample.manifest_path(samples)).get("complete", False), lambda: sample.main(scfg))
+    with run_flags(SAMPLE_FLAGS):
+        scfg = resolve(sample.SampleConfig, cli={
+            "output": str(samples), "expert": cfg.expert, "amateur": cfg.amateur, "data": data,
+            "max_problems": cfg.max_problems, "shuffle_seed": cfg.shuffle_seed, "max_new_tokens": cfg.max_new_tokens,
+            "batch_size": cfg.sample_batch_size, "alpha": cfg.alpha, "beta": cfg.beta, "selection": cfg.selection,
+            "contrast": cfg.contrast, "allow_vocab_mismatch": cfg.allow_vocab_mismatch, **common})
+        stage("sample", lambda: sample.manifest_path(samples).exists() and read_json(
+            sample.manifest_path(samples)).get("complete", False), lambda: sample.main(scfg))
 
     tcfg = resolve(train.TrainConfig, cli={
         "samples": str(samples), "output": str(run / "adapter"), "expert": cfg.expert,
@@ -193,29 +223,32 @@ def main(cfg: RunConfig) -> int:
     stage("merge", lambda: (merged / "config.json").exists() and any(merged.glob("*.safetensors")),
           lambda: train.merge_main(mcfg))
 
-    def eval_cfg(model: str, out: Path) -> Any:
+    def eval_cfg(model: str, out: Path, **extra: Any) -> Any:
         return resolve(evaluate.EvalConfig, cli={
             "model": model, "benchmarks": cfg.eval_benchmarks, "data_dir": eval_dir, "output": str(out),
             "limit": cfg.eval_limit, "prompt": cfg.eval_prompt, "max_new_tokens": cfg.eval_max_new_tokens,
-            "batch_size": cfg.eval_batch_size, **common})
+            "batch_size": cfg.eval_batch_size, **common, **extra})
 
     for name, model in (("base", cfg.expert), ("tuned", str(merged))):
         out = run / "eval" / name
-        ecfg = eval_cfg(model, out)
-        stage(f"eval_{name}", lambda out=out, ecfg=ecfg: _eval_done(out, ecfg), lambda ecfg=ecfg: evaluate.main(ecfg))
+        with run_flags(EVAL_FLAGS):
+            ecfg = eval_cfg(model, out)
+            stage(f"eval_{name}", lambda out=out, ecfg=ecfg: _eval_done(out, ecfg),
+                  lambda ecfg=ecfg: evaluate.main(ecfg))
 
     if cfg.with_sft:
-        sfcfg = resolve(sft.SFTConfig, cli={
-            "output": str(run / "sft"), "expert": cfg.expert, "data": data, "max_problems": cfg.max_problems,
-            "shuffle_seed": cfg.shuffle_seed, "samples_per_problem": cfg.sft_samples_per_problem,
-            "temperature": cfg.sft_temperature, "max_new_tokens": cfg.sft_max_new_tokens, "epochs": cfg.sft_epochs,
-            "batch_size": cfg.eval_batch_size,
-            "lr": cfg.lr, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_targets": cfg.lora_targets,
-            **common})
-        stage("sft", lambda: (run / "sft" / "summary.json").exists(), lambda: sft.main(sfcfg))
-        ecfg = eval_cfg(cfg.expert, run / "eval" / "sft")
-        ecfg = resolve(evaluate.EvalConfig, cli={**to_dict(ecfg), "adapter": str(run / "sft" / "adapter")})
-        stage("eval_sft", lambda: _eval_done(run / "eval" / "sft", ecfg), lambda: evaluate.main(ecfg))
+        with run_flags(SFT_FLAGS):
+            sfcfg = resolve(sft.SFTConfig, cli={
+                "output": str(run / "sft"), "expert": cfg.expert, "data": data, "max_problems": cfg.max_problems,
+                "shuffle_seed": cfg.shuffle_seed, "samples_per_problem": cfg.sft_samples_per_problem,
+                "temperature": cfg.sft_temperature, "max_new_tokens": cfg.sft_max_new_tokens,
+                "epochs": cfg.sft_epochs, "batch_size": cfg.eval_batch_size,
+                "lr": cfg.lr, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_targets": cfg.lora_targets,
+                **common})
+            stage("sft", lambda: (run / "sft" / "summary.json").exists(), lambda: sft.main(sfcfg))
+        with run_flags(EVAL_FLAGS):
+            ecfg = eval_cfg(cfg.expert, run / "eval" / "sft", adapter=str(run / "sft" / "adapter"))
+            stage("eval_sft", lambda: _eval_done(run / "eval" / "sft", ecfg), lambda: evaluate.main(ecfg))
 
     if cfg.perplexity_problems > 0:
         stage("perplexity", lambda: (run / "perplexity.json").exists(),
