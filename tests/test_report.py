@@ -189,6 +189,11 @@ def test_full_report_efficiency_accuracy_and_tests(full_run):
     allrow = table_row(paired, "**all**")
     assert allrow[6:9] == ["1", "8", f"{mcnemar_by_hand(1, 8):.3g}"]
     assert "### Paired test: SFT vs base expert" in md
+    head_to_head = section(md, "### Paired test: LightReasoner vs SFT")  # the paper's comparison
+    assert "only SFT right" in head_to_head and "only LightReasoner right" in head_to_head
+    row = table_row(head_to_head, "gsm8k")
+    assert row[2:5] == ["60.0", "90.0", "+30.0"]
+    assert int(row[7]) - int(row[6]) == 3  # 30 points of 10 problems: discordant counts differ by 3
 
     acc = section(md, "## Accuracy before and after")
     assert table_row(acc, "gsm8k")[1:4] == ["40.0 (10)", "90.0 (10)", "60.0 (10)"]

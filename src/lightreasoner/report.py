@@ -283,16 +283,16 @@ class RunData:
                 return value
         return default
 
-    def comparison(self, other: str) -> dict | None:
-        """:func:`evaluate.compare_runs` of base (A) vs ``other`` (B), or ``None`` when either is absent."""
+    def comparison(self, other: str, against: str = "base") -> dict | None:
+        """:func:`evaluate.compare_runs` of ``against`` (A) vs ``other`` (B), or ``None`` when either is absent."""
         from .evaluate import compare_runs
 
-        if "base" not in self.evals or other not in self.evals:
+        if against not in self.evals or other not in self.evals:
             return None
         try:
-            return compare_runs(self.evals["base"], self.evals[other])
+            return compare_runs(self.evals[against], self.evals[other])
         except InputError as e:
-            logger.warning("cannot pair eval/base with eval/%s: %s", other, e)
+            logger.warning("cannot pair eval/%s with eval/%s: %s", against, other, e)
             return None
 
 
@@ -481,18 +481,18 @@ def section_accuracy(doc: Doc, data: RunData, figdir: Path, opts: dict) -> None:
         doc.note("Not evaluated on the same problems (an evaluation is unfinished or was cut differently): "
                  + "; ".join(uneven) + ". The accuracies above are not comparable; the paired test below uses "
                  "only the problems both models have.")
-    for other in ("tuned", "sft"):
-        cmp = data.comparison(other)
+    for against, other in (("base", "tuned"), ("base", "sft"), ("sft", "tuned")):
+        cmp = data.comparison(other, against)
         if cmp is None:
             continue
-        who = RUN_NAMES[other]
-        doc.heading(3, f"Paired test: {who} vs base expert")
+        who, ref = RUN_NAMES[other], RUN_NAMES[against]
+        doc.heading(3, f"Paired test: {who} vs {ref}")
         prow = [[b, r["n"], f"{r['acc_a']:.1f}", f"{r['acc_b']:.1f}", _fmt_signed(r["delta"]), _fmt_ci(r),
                  r["a_only"], r["b_only"], _fmt_p(r["p_value"])] for b, r in cmp["benchmarks"].items()]
         av, al = cmp["average"], cmp["all"]
         prow.append(["**all**", al["n"], f"{av['acc_a']:.1f}", f"{av['acc_b']:.1f}", _fmt_signed(av["delta"]),
                      _fmt_ci(al), al["a_only"], al["b_only"], _fmt_p(al["p_value"])])
-        doc.table(["benchmark", "paired problems", "base", who, "change", "95% CI", "only base right",
+        doc.table(["benchmark", "paired problems", ref, who, "change", "95% CI", f"only {ref} right",
                    f"only {who} right", "McNemar p"], prow)
         doc.para("p: exact two-sided McNemar test on the discordant problems (one model right, the other wrong); "
                  "95% CI: paired Wald interval of the change in points; the last row pools all problems (its CI "
