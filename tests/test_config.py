@@ -44,3 +44,16 @@ def test_help_lists_documented_flags(capsys):
         build_parser("sample").parse_args(["sample", "--help"])
     out = capsys.readouterr().out
     assert "--beta" in out and "KL(p_E || p_A) >= beta" in out and "--no-contrast" in out
+
+
+def test_a_positional_field_takes_the_flag_or_the_argument():
+    from lightreasoner.report import ReportConfig
+
+    def parse(*argv):
+        return config_from_args(ReportConfig, build_parser("report").parse_args(["report", *argv]))
+
+    assert parse("runs/a").run_dir == "runs/a"
+    assert parse("--run-dir", "runs/b", "--cases", "2").run_dir == "runs/b"
+    assert parse("--cases", "2", "runs/c").cases == 2
+    with pytest.raises(ConfigError, match="--run-dir is required"):
+        parse("--cases", "2")

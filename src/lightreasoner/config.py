@@ -37,9 +37,11 @@ class ConfigError(ValueError):
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: Iterable[Any] | None = None,
-           factory: Callable[[], Any] | None = None, cli: bool = True):
-    """A config field with its ``--help`` text. ``cli=False`` keeps it out of the command line (YAML only)."""
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "cli": cli}
+           factory: Callable[[], Any] | None = None, cli: bool = True, positional: bool = False):
+    """A config field with its ``--help`` text. ``cli=False`` keeps it out of the command line (YAML only);
+    ``positional=True`` also lets it be given as the command's (one) positional argument."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "cli": cli,
+            "positional": positional}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -192,6 +194,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             metavar = "{" + ",".join(map(str, choices)) + "}" if choices else base.__name__.upper() if isinstance(
                 base, type) else "VALUE"
             parser.add_argument(flag_name(f.name), metavar=metavar, **kw)
+            if f.metadata.get("positional"):
+                parser.add_argument(f.name, nargs="?", metavar=f.name.upper(), default=argparse.SUPPRESS,
+                                    help=f"same as {flag_name(f.name)}")
 
 
 def config_from_args(cls: type[T], ns: argparse.Namespace) -> T:

@@ -55,10 +55,10 @@ COMPLETION_CHARS = 300
 class ReportConfig:
     """Write report.md and report.html (figures inline) for a run folder written by `lightreasoner run`.
 
-    example: lightreasoner report --run-dir runs/embedded
+    example: lightreasoner report runs/embedded
     """
 
-    run_dir: str = option(help="run folder written by `lightreasoner run`")
+    run_dir: str = option(help="run folder written by `lightreasoner run`", positional=True)
     tokenizer: str | None = option(None, "tokenizer to show kept steps as text (default: the samples manifest's "
                                          "expert; ids are shown when it cannot be loaded)")
     cases: int = option(5, "examples per direction in the case study (base wrong -> tuned right, and the reverse)")
