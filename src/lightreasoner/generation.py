@@ -79,7 +79,12 @@ class CachedDecoder:
         self.next_pos: torch.Tensor | None = None
         self.last_hidden: torch.Tensor | None = None
         self.capture_hidden = capture_hidden
-        self._hook = model.get_output_embeddings().register_forward_pre_hook(self._before_output_layer)
+        get_head = getattr(model, "get_output_embeddings", None)
+        head = get_head() if callable(get_head) else None
+        if head is None and capture_hidden:
+            raise ValueError(f"capture_hidden needs the model's output layer, and {type(model).__name__} has no "
+                             f"get_output_embeddings(); pass a transformers causal LM")
+        self._hook = head.register_forward_pre_hook(self._before_output_layer) if head is not None else None
 
     def _before_output_layer(self, module: Any, args: tuple) -> tuple:
         hidden = args[0]
