@@ -102,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label:>16}: {times[label] / base:7.1f} x the frozen decoder's time")
     print(f"  largest logit difference between arms: {diff:.3g}")
     if args.results:
+        machine = platform.processor() or platform.machine()
         row = (f"| {datetime.date.today()} | {name} | {args.batch_size} x {args.prompt_len} | "
                + " | ".join(f"{times[k]:.3f}" for k in times)
-               + f" | {times['frozen, strided'] / base:.1f}x | {diff:.3g} | {platform.processor() or platform.machine()}"
-               f" | `{' '.join(sys.argv)}` |\n")
+               + f" | {times['frozen, strided'] / base:.1f}x | {diff:.3g} | {machine} | `{' '.join(sys.argv)}` |\n")
         with open(args.results, "a") as f:
             f.write(row)
     return 0
