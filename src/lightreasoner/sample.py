@@ -234,7 +234,9 @@ def sample_batch(expert: Any, amateur: Any, prompts: Sequence[Sequence[int]], eo
             with timer("scoring"):
                 dec_a.keep(live)
                 logits_a = dec_a.step(tok)
-    dec_e.close()
+    for dec in (dec_e, dec_a):
+        if dec is not None:
+            dec.close()  # removes its hook from the model's output layer (the hook holds the decoder's cache)
     if not lockstep:
         with timer("scoring"):
             _score_teacher_forced(expert, amateur, prompts, trajs, hidden, live_rows, pad_id, vocab_size, params)
