@@ -33,6 +33,7 @@ def test_admit_splices_rows_into_a_live_cache(expert):
     admitted = dec.admit(ids, mask)
     assert dec.mask.shape[0] == 4 and dec.mask.shape[1] == max(len(long_), len(short) + 1)
     nxt = dec.step(torch.tensor([50, 51, 52, 53]))
+    dec.close()
     contexts = [short + [40, 50], short[:3] + [41, 51], long_ + [52], [33, 34, 53]]
     for row, ctx in enumerate(contexts):
         ref = expert(input_ids=torch.tensor([ctx])).logits[0, -1]
