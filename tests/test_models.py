@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lightreasoner.generation import cache_kwarg, generate
-from lightreasoner.models import fingerprint, load_model, resolve_dtype, resolve_source
+from lightreasoner.models import ModelSpecError, fingerprint, load_model, resolve_dtype, resolve_source
 from lightreasoner.testing import tiny_causal_lm
 
 from conftest import save_tiny
@@ -21,10 +21,10 @@ def test_folder_fingerprint_tells_same_shape_checkpoints_apart(tmp_path, tokeniz
 def test_specs_are_classified_and_bad_paths_named(tmp_path, model_dirs):
     assert resolve_source(model_dirs[0]).kind == "folder"
     assert resolve_source("Qwen/Qwen2.5-0.5B").kind == "hub"
-    with pytest.raises(FileNotFoundError, match="nope.gguf"):
+    with pytest.raises(ModelSpecError, match="nope.gguf"):
         resolve_source(str(tmp_path / "nope.gguf"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(ModelSpecError, match="config.json"):
         resolve_source(str(tmp_path / "empty"))
     m = load_model(model_dirs[0], dtype="float32", device="cpu")
     assert m.vocab_rows == 320 and m.describe()["fingerprint"].startswith("sha256:")

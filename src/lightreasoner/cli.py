@@ -49,6 +49,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lightreasoner", description="LightReasoner: teach a reasoning LLM where a small model disagrees with it.")
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, cls_name, _, desc) in COMMANDS.items():
         sp = sub.add_parser(name, help=desc, description=desc)
@@ -79,10 +80,17 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named after the global options (``--log-level LEVEL``, ``--debug``), if any."""
+    i = 0
+    while i < len(argv) and argv[i] in ("--log-level", "--debug"):
+        i += 2 if argv[i] == "--log-level" else 1
+    return argv[i] if i < len(argv) and argv[i] in COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    rest = argv[2:] if argv[:1] == ["--log-level"] else argv
-    command = rest[0] if rest and rest[0] in COMMANDS else None
+    command = _command_of(argv)
     parser = build_parser(command)
     ns = parser.parse_args(argv)
     if not ns.command:
@@ -101,6 +109,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         logging.getLogger("lightreasoner").warning("interrupted; run the same command again to resume")
         return 130
+    except OSError as e:  # the machine said no: disk full, permission, a file that vanished
+        if ns.debug:
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"lightreasoner {ns.command}: error: {e.strerror or e}{where}; fix that and run the same command "
+              f"again to resume", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a bug: one line, the traceback behind --debug
+        if ns.debug:
+            raise
+        print(f"lightreasoner {ns.command}: internal error: {type(e).__name__}: {e}\n(this is a bug in "
+              f"lightreasoner; rerun with --debug for the traceback and report it)", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

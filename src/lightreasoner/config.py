@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -93,9 +94,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ValueError(f"{where} expects a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{where} expects a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{where} must be a finite number, got {value!r}" + (" (none turns it off)"
+                                                                                    if optional else ""))
+        return number
     if base is str:
         if isinstance(value, (dict, list)):
             raise ValueError(f"{where} expects a string, got {value!r}")
@@ -201,7 +206,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def config_from_args(cls: type[T], ns: argparse.Namespace) -> T:
     """Resolve ``cls`` from a parsed namespace that may carry ``config`` (a YAML path) and stage flags."""
-    cli = {k: v for k, v in vars(ns).items() if k not in ("config", "command", "func", "log_level")}
+    cli = {k: v for k, v in vars(ns).items() if k not in ("config", "command", "func", "log_level", "debug")}
     yaml_values: dict[str, Any] = {}
     source = None
     if getattr(ns, "config", None):

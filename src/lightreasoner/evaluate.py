@@ -42,8 +42,8 @@ import torch
 from . import grading
 from .config import ConfigError, option, save_config
 from .models import DTYPES
-from .utils import InputError, JsonlAppender, environment_info, iter_jsonl, read_complete_jsonl, read_json, \
-    require_single_process, write_json
+from .utils import (InputError, JsonlAppender, environment_info, iter_jsonl, read_complete_jsonl, read_json,
+                    require_single_process, write_json, writes_output)
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ class EvalConfig:
     device: str | None = option(None, "cuda, cpu or mps; none: the best available")
     seed: int = option(0, "random seed (decoding is greedy; kept for the record)")
     grade_timeout: float = option(3.0, "seconds per equality check before it counts as wrong (toolkit: 3)")
+    skip_bad_rows: bool = option(False, "skip benchmark rows without a usable question or gold (counted) instead "
+                                        "of stopping")
     overwrite: bool = option(False, "discard results already in --output instead of resuming")
 
     def validate(self) -> list[str]:
@@ -126,30 +128,74 @@ class EvalConfig:
 # Data
 
 
-def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | None = None) -> list[dict]:
-    """Rows of ``DIR/<name>/test.jsonl`` (or a known hub copy) as the toolkit loads them.
+def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | None = None, *,
+                   skip_bad_rows: bool = False, stats: dict | None = None) -> list[dict]:
+    """Rows of ``DIR/<name>/test.jsonl`` (or a known hub copy) as the toolkit loads them, checked up front.
 
     Each row gets ``idx`` = its position when the file has none; rows are sorted by ``idx`` and cut to the first
-    ``limit``. Returns the raw row dicts (not copied further; grading gets copies).
+    ``limit``. Every row is checked before any model loads (see :func:`_check_rows`): a bad one is an
+    :class:`InputError` naming the file and line, or with ``skip_bad_rows`` is skipped and counted in
+    ``stats['bad_rows']``. Returns the raw row dicts (not copied further; grading gets copies).
     """
     if name not in ALL_BENCHMARKS:
         raise InputError(f"--benchmarks: unknown benchmark {name!r}; choose from {', '.join(ALL_BENCHMARKS)}")
+    stats = {} if stats is None else stats
     if data_dir is not None:
         path = Path(data_dir).expanduser() / name / "test.jsonl"
         if not path.is_file():
             raise InputError(f"--data-dir {data_dir}: no {name}/test.jsonl there; the folder must have the "
                              f"Qwen2.5-Math toolkit's layout DIR/<name>/test.jsonl (its evaluation/data)")
-        rows = []
-        for n, row in iter_jsonl(path):
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+        where, numbered = str(path), list(iter_jsonl(path, skip_bad=skip_bad_rows, stats=stats))
     else:
-        rows = _load_hub(name)
+        where, numbered = f"{name} (hub)", list(enumerate(_load_hub(name), 1))
+    rows = _check_rows(name, where, numbered, skip_bad_rows, stats)
     if rows and "idx" not in rows[0]:
         rows = [{"idx": i, **r} for i, r in enumerate(rows)]
     rows.sort(key=lambda r: r["idx"])
     return rows[:limit] if limit is not None else rows
+
+
+def _row_problem(name: str, row: Any) -> str | None:
+    """Why one benchmark row cannot be evaluated (no object, no question or gold the rules can read), or None."""
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}"
+    if "idx" in row and (not isinstance(row["idx"], int) or isinstance(row["idx"], bool)):
+        return f"idx must be an integer, got {row['idx']!r}"
+    try:
+        grading.parse_gold(name, row)
+        grading.parse_question(name, row)
+    except Exception as e:  # noqa: BLE001 - any failure of the toolkit's readers on this row
+        return f"no usable question or gold for {name} ({type(e).__name__}: {e})"
+    return None
+
+
+def _check_rows(name: str, where: str, numbered: Sequence[tuple[int, Any]], skip_bad_rows: bool,
+                stats: dict) -> list[dict]:
+    """The rows that can be evaluated; ``idx`` present in every row or in none, and never twice."""
+    rows, lines, bad = [], [], []
+    for n, row in numbered:
+        problem = _row_problem(name, row)
+        if problem is None:
+            rows.append(row)
+            lines.append(n)
+        else:
+            bad.append(f"{where}:{n}: {problem}")
+    if bad and not skip_bad_rows:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise InputError(f"{bad[0]}{more}; fix or remove the row, or pass --skip-bad-rows")
+    for b in bad:
+        logger.warning("skipped: %s", b)
+    stats["bad_rows"] = stats.get("bad_rows", 0) + len(bad)
+    with_idx = [n for n, r in zip(lines, rows) if "idx" in r]
+    if with_idx and len(with_idx) != len(rows):
+        first = next(n for n, r in zip(lines, rows) if "idx" not in r)
+        raise InputError(f"{where}:{first}: this row has no idx but others do; give every row an idx or none")
+    seen: dict[int, int] = {}
+    for n, r in zip(lines, rows):
+        if "idx" in r and seen.setdefault(r["idx"], n) != n:
+            raise InputError(f"{where}:{n}: idx {r['idx']} is also on line {seen[r['idx']]}; each problem needs "
+                             f"its own idx")
+    return rows
 
 
 def _load_hub(name: str) -> list[dict]:
@@ -545,6 +591,32 @@ def load_adapter(model: Any, adapter: str | Path) -> Any:
     return merge_adapter(model, p).eval()
 
 
+def _check_adapter(cfg: EvalConfig) -> str | None:
+    """The ``--adapter``'s fingerprint, after checking (before any model loads) that it is an adapter and, when
+    ``--model`` is local, that it was trained on that model."""
+    if not cfg.adapter:
+        return None
+    from .models import fingerprint, resolve_source
+
+    p = Path(cfg.adapter).expanduser()
+    if not (p / "adapter_config.json").is_file():
+        raise InputError(f"--adapter {cfg.adapter}: no adapter_config.json there; pass a folder written by "
+                         f"`lightreasoner train` (peft save_pretrained)")
+    src = resolve_source(cfg.model, prepare=False)  # type: ignore[arg-type]
+    if src.kind != "hub":
+        _check_adapter_base(cfg, fingerprint(src))
+    return file_fingerprint(p)
+
+
+def _check_adapter_base(cfg: EvalConfig, model_fingerprint: str) -> None:
+    """Refuse an adapter whose training summary names another base model than ``--model``."""
+    summary = Path(cfg.adapter).expanduser() / "summary.json"  # type: ignore[arg-type]
+    trained_on = (read_json(summary).get("expert") or {}).get("fingerprint") if summary.is_file() else None
+    if trained_on not in (None, model_fingerprint):
+        raise InputError(f"--adapter {cfg.adapter} was trained on the model {trained_on}, but --model {cfg.model} "
+                         f"is {model_fingerprint}; pass the --model it was trained on")
+
+
 def _check_output(out: Path, identity: Mapping[str, Any], overwrite: bool) -> None:
     cfg_file = out / "config.json"
     if overwrite:
@@ -565,23 +637,28 @@ def _check_output(out: Path, identity: Mapping[str, Any], overwrite: bool) -> No
                            f"pass --overwrite to discard them or choose another --output"])
 
 
+@writes_output("eval", kind="folder")
 def main(cfg: EvalConfig) -> int:
     """``lightreasoner eval``: evaluate a model (optionally with a LoRA adapter), or compare two runs."""
     if cfg.compare is not None:
         return compare_main(cfg)
     require_single_process("eval")
-    from .models import load_model
+    from .models import load_model, resolve_source
 
     t0 = time.perf_counter()
     out = Path(cfg.output)  # type: ignore[arg-type]
-    data = {b: load_benchmark(b, cfg.data_dir, cfg.limit) for b in cfg.benchmarks}  # fail fast, before the model
+    resolve_source(cfg.model, prepare=False)  # type: ignore[arg-type]  # a mistyped path fails here, not later
+    bad_rows: dict[str, dict] = {}
+    data = {b: load_benchmark(b, cfg.data_dir, cfg.limit, skip_bad_rows=cfg.skip_bad_rows,
+                              stats=bad_rows.setdefault(b, {})) for b in cfg.benchmarks}  # before the model
+    adapter_fp = _check_adapter(cfg)
     torch.manual_seed(cfg.seed)
     loaded = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)  # type: ignore[arg-type]
     model, tokenizer = loaded.model, loaded.tokenizer
-    adapter_fp = None
     if cfg.adapter:
+        if loaded.source is not None and loaded.source.kind == "hub":
+            _check_adapter_base(cfg, loaded.fingerprint)
         model = load_adapter(model, cfg.adapter)
-        adapter_fp = file_fingerprint(cfg.adapter)
     # The resolved path is part of the identity too (besides the content fingerprint), so results of another
     # checkpoint are never resumed into this folder.
     spec_path = Path(cfg.model).expanduser()  # type: ignore[arg-type]
@@ -609,6 +686,7 @@ def main(cfg: EvalConfig) -> int:
     summary.update({"model": cfg.model, "model_fingerprint": loaded.fingerprint, "adapter": cfg.adapter,
                     "prompt": cfg.prompt, "shots": cfg.shots, "max_new_tokens": cfg.max_new_tokens,
                     "dtype": identity["dtype"], "limit": cfg.limit,
+                    "bad_rows_skipped": {b: st.get("bad_rows", 0) for b, st in bad_rows.items()},
                     "wall_seconds": round(time.perf_counter() - t0, 3)})
     write_json(out / "summary.json", summary)
     md = summary_markdown(summary, title=f"Evaluation of {cfg.model}" + (f" + {cfg.adapter}" if cfg.adapter else ""))

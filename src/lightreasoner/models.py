@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from . import embedded
+from .utils import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -65,24 +68,60 @@ class ModelSource:
     gguf_file: str | None = None
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+class ModelSpecError(InputError):
+    """A model spec that names nothing loadable (a missing file or folder, a malformed id)."""
+
+
+def _looks_local(spec: str, p: Path) -> bool:
+    """Whether a spec that exists nowhere was meant as a local path: it starts like a path, is not shaped like a
+    hub id (``name`` or ``org/name``), or its parent folder exists here (``runs/merged`` with a ``runs/``)."""
+    return (spec.startswith((".", "/", "~")) or not _HUB_ID.match(spec)
+            or (len(p.parts) > 1 and p.parent.is_dir()))
+
+
 def resolve_source(spec: str, *, prepare: bool = True) -> ModelSource:
-    """Classify a model spec; for an embedded name (``prepare=True``) make sure its checkpoint exists."""
+    """Classify a model spec; for an embedded name (``prepare=True``) make sure its checkpoint exists.
+
+    Raises :class:`ModelSpecError` for a missing ``.gguf`` file, a folder without ``config.json``, or a path that
+    does not exist (rather than trying it as a hub id and failing on the network)."""
     if spec in embedded.EMBEDDED:
         path = embedded.ensure_checkpoint(spec) if prepare else embedded.checkpoint_dir(spec)
         return ModelSource(spec, "embedded", str(path))
     p = Path(spec).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
-            raise FileNotFoundError(f"GGUF file {spec!r} does not exist")
+            raise ModelSpecError(f"model {spec!r}: no such GGUF file")
         return ModelSource(spec, "gguf", str(p.parent), p.name)
     if p.is_dir():
         if not (p / "config.json").exists():
-            raise FileNotFoundError(f"model folder {spec!r} has no config.json; point to a save_pretrained folder")
+            raise ModelSpecError(f"model folder {spec!r} has no config.json; point to a save_pretrained folder")
         return ModelSource(spec, "folder", str(p))
-    if p.exists() or spec.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model {spec!r}: not an embedded name ({', '.join(embedded.EMBEDDED)}), a .gguf "
-                                f"file or a checkpoint folder")
+    if p.exists():
+        raise ModelSpecError(f"model {spec!r} is a file, not a checkpoint folder, a .gguf file or an embedded name "
+                             f"({', '.join(embedded.EMBEDDED)})")
+    if _looks_local(spec, p):
+        raise ModelSpecError(f"model {spec!r}: no such folder (and not an embedded name: "
+                             f"{', '.join(embedded.EMBEDDED)}); check the path")
     return ModelSource(spec, "hub", spec)
+
+
+def check_device(device: str) -> str:
+    """``device`` if torch can use it here, else a :class:`InputError` naming it and what is available."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {device!r} is not a device torch knows; use cpu, cuda, cuda:N or mps") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not available.get(dev.type, False):
+        have = ", ".join(k for k, v in available.items() if v)
+        raise InputError(f"--device {device!r}: no {dev.type} device on this machine (available: {have})")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def fingerprint(source: ModelSource, model: Any = None) -> str:
@@ -157,7 +196,22 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Any:
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if src.gguf_file:
         kw["gguf_file"] = src.gguf_file
-    return AutoTokenizer.from_pretrained(src.path, **kw)
+    with _hub_errors(src):
+        return AutoTokenizer.from_pretrained(src.path, **kw)
+
+
+@contextmanager
+def _hub_errors(src: ModelSource) -> Iterator[None]:
+    """A hub id that cannot be fetched (offline, mistyped, gated) is an :class:`InputError` naming it."""
+    try:
+        yield
+    except OSError as e:
+        if src.kind != "hub":
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelSpecError(f"model {src.spec!r}: could not load it from the Hugging Face hub ({first[:300]}); "
+                             f"check the id and the network, or pass a local folder, a .gguf file or an embedded "
+                             f"name ({', '.join(embedded.EMBEDDED)})") from None
 
 
 def load_model(spec: str, *, dtype: str = "auto", device: str | None = None, trust_remote_code: bool = False,
@@ -165,22 +219,24 @@ def load_model(spec: str, *, dtype: str = "auto", device: str | None = None, tru
     """Load a causal LM and its tokenizer from a spec (see module doc), in eval mode on ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = device or default_device()
+    device = check_device(device or default_device())
     src = resolve_source(spec)
     torch_dtype = resolve_dtype(dtype, device)
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if src.gguf_file:
         kw["gguf_file"] = src.gguf_file
     logger.info("loading %s (%s) as %s on %s", spec, src.kind, str(torch_dtype).replace("torch.", ""), device)
-    model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch_dtype, **kw)
+    with _hub_errors(src):
+        model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch_dtype, **kw)
     if src.gguf_file:
         model.hf_quantizer = None
     model.to(device).eval()
-    tok = AutoTokenizer.from_pretrained(tokenizer_spec or src.path, **kw)
+    with _hub_errors(src):
+        tok = AutoTokenizer.from_pretrained(tokenizer_spec or src.path, **kw)
     return LoadedModel(model, tok, spec, fingerprint(src, model), src)
 
 
-class VocabMismatchError(ValueError):
+class VocabMismatchError(InputError):
     pass
 
 

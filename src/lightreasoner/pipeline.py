@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from .config import ConfigError, option, resolve, to_dict
 from .embedded import DEFAULT_AMATEUR, DEFAULT_EXPERT
-from .utils import InputError, environment_info, read_json, write_json
+from .utils import InputError, environment_info, read_json, write_json, writes_output
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +177,7 @@ def _eval_done(folder: Path, ecfg: Any) -> bool:
     return not changed
 
 
+@writes_output("run", kind="folder")
 def main(cfg: RunConfig) -> int:
     from . import evaluate, report, sample, sft, train
     from .utils import require_single_process

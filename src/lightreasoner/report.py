@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import option
-from .utils import InputError, read_complete_jsonl, read_json
+from .utils import InputError, read_complete_jsonl, read_json, writes_output
 
 logger = logging.getLogger(__name__)
 
@@ -902,6 +902,7 @@ def write_report(run_dir: str | Path, tokenizer: Any = None, *, cases: int = 5, 
     return md_path
 
 
+@writes_output("report", kind="folder", field="run_dir")
 def main(cfg: ReportConfig) -> int:
     """``lightreasoner report``: regenerate a run folder's report."""
     path = write_report(cfg.run_dir, cfg.tokenizer, cases=cfg.cases, kept_step_examples=cfg.kept_step_examples)

@@ -34,7 +34,7 @@ from .embedded import DEFAULT_AMATEUR, DEFAULT_EXPERT
 from .generation import CachedDecoder, left_pad
 from .problems import Problem, load_problems
 from .utils import (InputError, JsonlAppender, Stopwatch, dist_info, environment_info, read_complete_jsonl,
-                    read_json, write_json)
+                    read_json, write_json, writes_output)
 
 logger = logging.getLogger(__name__)
 
@@ -397,6 +397,7 @@ def _wait_for(paths: list[Path], timeout_s: float = 7 * 24 * 3600) -> None:
         time.sleep(2)
 
 
+@writes_output("sample", kind="file")
 def main(cfg: SampleConfig) -> int:
     from .models import check_vocab, load_model
 

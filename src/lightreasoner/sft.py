@@ -26,7 +26,8 @@ from .config import option, resolve, to_dict
 from .embedded import DEFAULT_EXPERT
 from .problems import Problem, load_problems
 from .sample import DEFAULT_SYSTEM_PROMPT, build_prompt_ids
-from .utils import InputError, JsonlAppender, environment_info, read_complete_jsonl, read_json, write_json
+from .utils import (InputError, JsonlAppender, environment_info, read_complete_jsonl, read_json, write_json,
+                    writes_output)
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ def sft_records(candidates: Sequence[dict]) -> list[dict]:
     return out
 
 
+@writes_output("sft", kind="folder")
 def main(cfg: SFTConfig) -> int:
     from . import train as train_stage
     from .utils import require_single_process

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -11,9 +12,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 logger = logging.getLogger("lightreasoner")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class InputError(ValueError):
@@ -27,59 +29,125 @@ def setup_logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (a reader never sees half a file; a crash leaves the old one)."""
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` so that a reader sees the old file or the whole new one, never half: a temp file beside it,
+    fsynced, renamed over it, and the folder fsynced (the rename survives a power cut)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """fsync a folder, so the names created or renamed in it are durable (a no-op where folders can't be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically and durably (see :func:`atomic_write_text`)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file we or the user wrote; a bad one is an :class:`InputError` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start}); is it the right file?") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); remove the file to start that step over, "
+                         f"or fix it") from None
+
+
+def _decode(raw: bytes, path: str | Path, n: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}:{n}: not UTF-8 text (byte {e.start} of the line); re-save the file as UTF-8, "
+                         f"or fix or remove the line") from None
 
 
 def iter_jsonl(path: str | Path, *, skip_bad: bool = False, stats: dict | None = None) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, object)`` for each non-blank line; a malformed line raises :class:`InputError`
-    naming the file and line, or (``skip_bad``) is skipped and counted in ``stats['bad_rows']``."""
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
+    """Yield ``(line_number, object)`` for each non-blank line; a malformed line (bad JSON or not UTF-8) raises
+    :class:`InputError` naming the file and line, or (``skip_bad``) is skipped and counted in
+    ``stats['bad_rows']``."""
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
             try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                if skip_bad:
-                    if stats is not None:
-                        stats["bad_rows"] = stats.get("bad_rows", 0) + 1
-                    logger.warning("%s:%d: skipped, not valid JSON (%s)", path, n, e.msg)
+                line = _decode(raw, path, n)
+                if not line.strip():
                     continue
-                raise InputError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); fix or remove the "
-                                 f"line, or pass --skip-bad-rows") from None
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); fix or remove the "
+                                     f"line, or pass --skip-bad-rows") from None
+            except InputError as e:
+                if not skip_bad:
+                    raise
+                if stats is not None:
+                    stats["bad_rows"] = stats.get("bad_rows", 0) + 1
+                logger.warning("skipped: %s", str(e).split(";")[0])
+                continue
+            yield n, obj
+
+
+def _complete_line(raw: bytes) -> Any:
+    """The record of one line we wrote, or :data:`_TORN` when it is not a whole JSON value."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return _TORN
+
+
+_TORN = object()
 
 
 def read_complete_jsonl(path: str | Path) -> list[Any]:
-    """Records of a JSONL file we appended to ourselves; a torn last line (a kill mid-write) is dropped."""
+    """Records of a JSONL file we appended to ourselves. A torn last line (a kill mid-write) is dropped; a last
+    line that is whole but lost only its newline is kept (:func:`truncate_torn_tail` agrees, so a resumed run
+    neither drops nor reorders it)."""
     path = Path(path)
     if not path.exists():
         return []
+    with open(path, "rb") as fh:
+        lines = fh.read().split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
     out = []
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.readlines()
-    for i, line in enumerate(lines):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+    for i, raw in enumerate(lines):
+        record = _complete_line(raw)
+        if record is _TORN:
             if i == len(lines) - 1:
                 logger.warning("%s: dropping a torn last line left by an interrupted run", path)
                 break
             raise InputError(f"{path}:{i + 1}: not valid JSON; the file is corrupt, remove it to start over")
+        out.append(record)
     return out
 
 
 def truncate_torn_tail(path: str | Path) -> None:
-    """Cut a partial last line (no trailing newline) so appends start on a fresh line."""
+    """Make the file end on a line boundary before appending: a torn partial last line is cut, a whole last
+    record that only lost its newline gets the newline back (so it is kept, as :func:`read_complete_jsonl`
+    counts it)."""
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return
@@ -88,7 +156,12 @@ def truncate_torn_tail(path: str | Path) -> None:
         if data.endswith(b"\n"):
             return
         cut = data.rfind(b"\n") + 1
-        fh.truncate(cut)
+        if _complete_line(data[cut:]) is _TORN:
+            fh.truncate(cut)
+        else:
+            fh.write(b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 class JsonlAppender:
@@ -113,6 +186,76 @@ class JsonlAppender:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def lock_path(output: str | Path, rank: int = 0) -> Path:
+    """The lock file of an output (a hidden file beside it; one per rank under a launcher)."""
+    output = Path(output)
+    return output.with_name(f".{output.name}.lock" if rank == 0 else f".{output.name}.rank{rank}.lock")
+
+
+def check_output_kind(output: str | Path, kind: str, flag: str = "--output") -> None:
+    """An output that exists must be of the kind the stage writes (``"file"`` or ``"folder"``)."""
+    output = Path(output)
+    if kind == "file" and output.is_dir():
+        raise InputError(f"{flag} {output} is a folder; give a file path")
+    if kind == "folder" and output.exists() and not output.is_dir():
+        raise InputError(f"{flag} {output} is a file; give a folder path")
+
+
+@contextmanager
+def output_lock(output: str | Path, command: str, kind: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``output`` (a file or folder) while a stage writes it: one writer per output.
+
+    A second process that asks for the same output stops at once with an :class:`InputError` naming the process
+    that holds it. The lock is an ``flock`` on a hidden file beside the output, which the kernel releases when its
+    holder dies, so a killed run never leaves a stale lock. Under a launcher each rank locks its own lock file
+    (rank 0 the plain one), so a second launch collides rank by rank and a single process collides with rank 0.
+    Creating the lock file also proves, before any work, that the output's folder is writable; ``kind``
+    (``"file"``/``"folder"``) also checks that an existing output is of that kind.
+    """
+    if kind is not None:
+        check_output_kind(output, kind)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock (Windows): run unguarded
+        logger.debug("no fcntl: %s is not locked", output)
+        yield
+        return
+    path = lock_path(output, dist_info().rank)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise InputError(f"cannot write next to {output} ({e.strerror}); choose an --output in a writable folder") \
+            from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            raise InputError(f"{output} is being written by {holder}; wait for it to finish (or stop it), or "
+                             f"choose another --output") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"`lightreasoner {command}` (pid {os.getpid()} on {platform.node()}, started "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def writes_output(command: str, kind: str, field: str = "output") -> Callable[[F], F]:
+    """Decorate a stage's ``main(cfg)`` to hold :func:`output_lock` on ``cfg.<field>`` (when set) throughout."""
+    def decorate(main: F) -> F:
+        @functools.wraps(main)
+        def locked(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+            output = getattr(cfg, field, None)
+            if output is None:
+                return main(cfg, *args, **kwargs)
+            with output_lock(output, command, kind):
+                return main(cfg, *args, **kwargs)
+        return locked  # type: ignore[return-value]
+    return decorate
 
 
 def environment_info() -> dict[str, Any]:
