@@ -230,6 +230,6 @@ def save_config(cfg: Any, path: str | Path, extra: Mapping[str, Any] | None = No
     """Write the resolved config (plus ``extra``, e.g. versions) as JSON, atomically."""
     path = Path(path)
     payload = {"config": to_dict(cfg), **(extra or {})}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    from .utils import write_json
+
+    write_json(path, payload)

@@ -42,8 +42,8 @@ import torch
 from . import grading
 from .config import ConfigError, option, save_config
 from .models import DTYPES
-from .utils import (InputError, JsonlAppender, environment_info, iter_jsonl, read_complete_jsonl, read_json,
-                    require_single_process, write_json, writes_output)
+from .utils import (InputError, atomic_write, JsonlAppender, environment_info, iter_jsonl, read_complete_jsonl, read_json,
+                    require_single_process, write_json, write_jsonl, writes_output)
 
 logger = logging.getLogger(__name__)
 
@@ -497,8 +497,8 @@ def evaluate_model(model: Any, tokenizer: Any, benchmark: str, examples: Sequenc
     records = [done[eid] for eid, _, _ in items]
     if path is not None:
         if extra:
-            _rewrite_jsonl(extra_path(path), list(extra.values()))
-        _rewrite_jsonl(path, records)
+            write_jsonl(extra_path(path), list(extra.values()))
+        write_jsonl(path, records)
         if not extra:
             extra_path(path).unlink(missing_ok=True)
     summary = summarize_records(benchmark, records, skipped_empty=skipped)
@@ -509,14 +509,6 @@ def evaluate_model(model: Any, tokenizer: Any, benchmark: str, examples: Sequenc
 def extra_path(path: Path) -> Path:
     """Where an evaluation keeps finished records that are outside its current selection."""
     return path.with_name(path.stem + ".extra.jsonl")
-
-
-def _rewrite_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
-    import json
-
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(path)
 
 
 def overall_summary(per_benchmark: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -690,7 +682,7 @@ def main(cfg: EvalConfig) -> int:
                     "wall_seconds": round(time.perf_counter() - t0, 3)})
     write_json(out / "summary.json", summary)
     md = summary_markdown(summary, title=f"Evaluation of {cfg.model}" + (f" + {cfg.adapter}" if cfg.adapter else ""))
-    (out / "summary.md").write_text(md)
+    atomic_write(out / "summary.md", md)
     print(md)
     return 0
 
@@ -808,7 +800,7 @@ def compare_main(cfg: EvalConfig) -> int:
     if cfg.output:
         out = Path(cfg.output)
         write_json(out / "compare.json", cmp)
-        (out / "compare.md").write_text(md)
+        atomic_write(out / "compare.md", md)
     return 0
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import logging
 import math
 import re
@@ -38,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import option
-from .utils import InputError, read_complete_jsonl, read_json, writes_output
+from .utils import InputError, atomic_write, read_complete_jsonl, read_json, writes_output
 
 logger = logging.getLogger(__name__)
 
@@ -344,9 +345,9 @@ def _new_figure(width: float = 6.4, height: float = 3.6) -> Any:
 
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write(path, buf.getvalue())
     return path
 
 
@@ -895,9 +896,7 @@ def write_report(run_dir: str | Path, tokenizer: Any = None, *, cases: int = 5, 
             doc.note(f"The {name} section could not be built ({type(e).__name__}: {e}).")
     md_path, html_path = run / "report.md", run / "report.html"
     for path, text in ((md_path, doc.markdown()), (html_path, doc.html(f"LightReasoner report: {run.name}"))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, text)
     logger.info("wrote %s and %s (%d figures)", md_path, html_path, len(doc.figures))
     return md_path
 

@@ -34,7 +34,7 @@ from .embedded import DEFAULT_AMATEUR, DEFAULT_EXPERT
 from .generation import CachedDecoder, left_pad
 from .problems import Problem, load_problems
 from .utils import (InputError, JsonlAppender, Stopwatch, dist_info, environment_info, read_complete_jsonl,
-                    read_json, write_json, writes_output)
+                    read_json, write_json, write_jsonl, writes_output)
 
 logger = logging.getLogger(__name__)
 
@@ -380,10 +380,7 @@ def _merge_shards(output: Path, world_size: int, order: dict[str, int]) -> list[
     for r in range(world_size):
         records += read_complete_jsonl(shard_path(output, r))
     records.sort(key=lambda rec: order[rec["id"]])
-    tmp = output.with_name(output.name + ".merging")
-    with JsonlAppender(tmp) as fh:
-        fh.write_many(records)
-    tmp.replace(output)
+    write_jsonl(output, records)
     for r in range(world_size):
         shard_path(output, r).unlink(missing_ok=True)
     return records
@@ -448,11 +445,7 @@ def main(cfg: SampleConfig) -> int:
     if cfg.format == "reference":
         ref = reference_records(records, expert.tokenizer)
         ref_path = output.with_name(f"{output.stem}.reference.jsonl")
-        tmp = ref_path.with_name(ref_path.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        with JsonlAppender(tmp) as fh:
-            fh.write_many(ref)
-        tmp.replace(ref_path)
+        write_jsonl(ref_path, ref)
     all_timings = [read_json(output.with_name(f"{output.stem}.rank{r}.timings.json")) for r in
                    range(info.world_size)]
     manifest = {

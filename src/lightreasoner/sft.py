@@ -27,7 +27,7 @@ from .embedded import DEFAULT_EXPERT
 from .problems import Problem, load_problems
 from .sample import DEFAULT_SYSTEM_PROMPT, build_prompt_ids
 from .utils import (InputError, JsonlAppender, environment_info, read_complete_jsonl, read_json, write_json,
-                    writes_output)
+                    write_jsonl, writes_output)
 
 logger = logging.getLogger(__name__)
 
@@ -200,11 +200,7 @@ def main(cfg: SFTConfig) -> int:
         raise InputError(f"no sampled solution was right ({len(candidates)} sampled); raise "
                          f"--samples-per-problem or --temperature, or check --answer-field")
     samples = out / "train_samples.jsonl"
-    tmp = samples.with_name(samples.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    with JsonlAppender(tmp) as fh:
-        fh.write_many(records)
-    tmp.replace(samples)
+    write_jsonl(samples, records)
     write_json(train_stage.manifest_path(samples), {"expert": {**describe, "fingerprint": fingerprint},
                                                     "config": to_dict(cfg), "method": "rejection-sampling SFT"})
     tcfg = resolve(train_stage.TrainConfig, cli={

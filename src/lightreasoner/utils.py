@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 logger = logging.getLogger("lightreasoner")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,15 +29,15 @@ def setup_logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` so that a reader sees the old file or the whole new one, never half: a temp file beside it,
-    fsynced, renamed over it, and the folder fsynced (the rename survives a power cut)."""
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8) so that a reader sees the old file or the whole new one, never half: a temp
+    file beside it, fsynced, renamed over it, and the folder fsynced (the rename survives a power cut)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())
         tmp.replace(path)
@@ -61,8 +61,13 @@ def fsync_dir(folder: str | Path) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically and durably (see :func:`atomic_write_text`)."""
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """Write JSON atomically and durably (see :func:`atomic_write`)."""
+    atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | Path, records: Iterable[Any]) -> None:
+    """Replace a JSONL file by ``records``, atomically and durably (see :func:`atomic_write`)."""
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def read_json(path: str | Path) -> Any:
