@@ -92,18 +92,47 @@ def build_qwen25_math_prompt(question: str, shots: Sequence[tuple[str, str]] = (
 # strip_string: the toolkit's answer normaliser, step by step
 # ---------------------------------------------------------------------------------------------------------------
 
+# Every pattern here runs in linear time on any input (each was checked on 50,000-character adversarial strings):
+# the lazy "opener .*? closer" ones are applied through _sub_bounded, the digit ones have a (?<!\d) guard that
+# keeps them from retrying inside a digit run, and the toolkit's trailing-text and set patterns are plain functions.
 _ARRAY_BEGIN = re.compile(r"\\begin\{array\}\{.*?\}")
 _ARRAY_END = re.compile(r"\\end\{array\}")
-_TRAILING_TEXT = re.compile(r"\\text{.*?}$")
 # (literal text that must occur for the pattern to match, pattern); the unit words are regexes whose only
 # metacharacter is "." (the cheap substring test skips most of the ~260 scans on long strings).
 _UNIT_PATTERNS = tuple((unit.split(".")[0], re.compile(r"(^|\W)" + unit + r"($|\W)")) for unit in UNIT_TEXTS)
 _TEXT_GROUP = re.compile(r"\\text\{(.*?)\}")
 _MBOX_GROUP = re.compile(r"\\mbox{.*?}")
-_ZERO_DECIMALS_INNER = re.compile(r"(\d+)\.0*([^\d])")
-_ZERO_DECIMALS_END = re.compile(r"(\d+)\.0*$")
+_PARENTHESISED = re.compile(r"\(.*?\)")
+# The toolkit's (\d+)\.0*([^\d]) and (\d+)\.0*$: a match can only start where a digit run starts (a later start
+# in the same run needs the same run end), so the guard changes no match but stops the quadratic retries.
+_ZERO_DECIMALS_INNER = re.compile(r"(?<!\d)(\d+)\.0*([^\d])")
+_ZERO_DECIMALS_END = re.compile(r"(?<!\d)(\d+)\.0*$")
 _SQRT_SHORTHAND = re.compile(r"\\sqrt(\w+)")
 _VARIABLE_PREFIXES = ("x=", "y=", "z=", "x\\in", "y\\in", "z\\in", "x\\to", "y\\to", "z\\to")
+
+
+def _sub_bounded(pattern: re.Pattern, repl: str, text: str, closer: str) -> str:
+    """``pattern.sub(repl, text)`` for a lazy ``opener.*?closer`` pattern, in linear time.
+
+    No match can run past the last ``closer`` of its line (``.`` stops at newlines), so each line is cut there and
+    only the head is searched: the skipped tail is where every attempt would scan to the line end (quadratic).
+    """
+    lines = text.split("\n")
+    for n, line in enumerate(lines):
+        end = line.rfind(closer)
+        if end >= 0:
+            end += len(closer)
+            lines[n] = pattern.sub(repl, line[:end]) + line[end:]
+    return "\n".join(lines)
+
+
+def _cut_trailing_text(s: str) -> str:
+    """The toolkit's ``re.sub(r"\\text{.*?}$", "", s)`` for a string without newlines, in linear time: when ``s``
+    ends with ``}``, everything from its first ``\\text{`` on goes (the regex retries every ``\\text{`` to the end)."""
+    start = s.find("\\text{")
+    if start < 0 or not s.endswith("}"):
+        return s
+    return s[:start]
 
 
 def _words_to_number(text: str) -> str:
@@ -118,17 +147,16 @@ def _brace_frac_shorthands(s: str) -> str:
     """``\\frac12`` -> ``\\frac{1}{2}``, ``\\frac1{72}`` -> ``\\frac{1}{72}``; a ``\\frac`` with fewer than two
     characters after it leaves the whole string unchanged."""
     head, *parts = s.split("\\frac")
-    out = head
+    out = [head]
     for part in parts:
-        out += "\\frac"
         if part.startswith("{"):
-            out += part
+            out.append(part)
             continue
         if len(part) < 2:
             return s
         a, b, rest = part[0], part[1], part[2:]
-        out += "{" + a + "}{" + b + "}" + rest if b != "{" else "{" + a + "}" + b + rest
-    return out
+        out.append("{" + a + "}{" + b + "}" + rest if b != "{" else "{" + a + "}" + b + rest)
+    return "\\frac".join(out)
 
 
 def _slash_to_frac(s: str) -> str:
@@ -152,7 +180,7 @@ def strip_string(string: Any, skip_unit: bool = False) -> str:
     s = s.replace("\n", "").rstrip(".")
     # 2. \! ; array -> pmatrix ; bmatrix -> pmatrix
     s = s.replace("\\!", "")
-    s = _ARRAY_BEGIN.sub(r"\\begin{pmatrix}", s)
+    s = _sub_bounded(_ARRAY_BEGIN, r"\\begin{pmatrix}", s, "}")
     s = _ARRAY_END.sub(r"\\end{pmatrix}", s)
     s = s.replace("bmatrix", "pmatrix")
     # 3. tfrac/dfrac -> frac ; relations
@@ -162,7 +190,7 @@ def strip_string(string: Any, skip_unit: bool = False) -> str:
     s = s.replace("\\left", "").replace("\\right", "")
     s = s.replace("\\{", "{").replace("\\}", "}")
     # 5. a trailing \text{...} (from the first \text{ to a closing brace at the very end), unless that empties it
-    cut = _TRAILING_TEXT.sub("", s).strip()
+    cut = _cut_trailing_text(s).strip()
     if cut != "" and cut != s:
         s = cut
     # 6. unit words, two passes over the list, each removal kept only if something remains
@@ -181,7 +209,7 @@ def strip_string(string: Any, skip_unit: bool = False) -> str:
     # 8. number words
     s = _words_to_number(s)
     # 9. \text{X} -> X ; variable prefixes (before spaces are removed)
-    s = _TEXT_GROUP.sub(r"\1", s)
+    s = _sub_bounded(_TEXT_GROUP, r"\1", s, "}")
     for key in _VARIABLE_PREFIXES:
         s = s.replace(key, "")
     # 10. empty set, the real line
@@ -196,7 +224,7 @@ def strip_string(string: Any, skip_unit: bool = False) -> str:
     s = s.replace("+\\inity", "\\infty")  # present in the toolkit; practically never fires
     # 13. "and", \mathbf, \mbox{...}
     s = s.replace("and", "").replace("\\mathbf", "")
-    s = _MBOX_GROUP.sub("", s)
+    s = _sub_bounded(_MBOX_GROUP, "", s, "}")
     # 14. j -> i when there is no i
     if "j" in s and "i" not in s:
         s = s.replace("j", "i")
@@ -343,7 +371,7 @@ def _first_pass_gold(rules: str, example: dict) -> str:
     elif rules == "svamp":
         gold = example["Answer"]
     elif rules == "asdiv":
-        gold = re.sub(r"\(.*?\)", "", example["answer"])
+        gold = _sub_bounded(_PARENTHESISED, "", example["answer"], ")")
     elif rules == "mawps":
         gold = example["target"]
     elif rules == "mmlu_stem":
@@ -437,15 +465,30 @@ def _isclose(a: float, b: float) -> bool:
     return math.isclose(b, a, rel_tol=1e-4)
 
 
-_SET_GROUP = re.compile(r"\{.*,.*\}")
 _LIST_FORMAT = re.compile(r"(\(|\[).+(\)|\])")
 _MATRIX_BEGINS = ("\\begin{pmatrix}", "\\begin{bmatrix}")
 _MATRIX_ENDS = ("\\end{pmatrix}", "\\end{bmatrix}")
 
 
+def _set_groups(text: str) -> list[str]:
+    """The toolkit's ``re.findall(r"\\{.*,.*\\}", text)`` in linear time (the regex is cubic on long lines).
+
+    ``.`` stops at newlines and both ``.*`` are greedy, so a line holds at most one match: from its first ``{`` to
+    its last ``}``, provided a comma lies between them.
+    """
+    groups = []
+    for line in text.split("\n"):
+        close = line.rfind("}")
+        comma = line.rfind(",", 0, close) if close >= 0 else -1
+        start = line.find("{", 0, comma) if comma >= 0 else -1
+        if start >= 0:
+            groups.append(line[start:close + 1])
+    return groups
+
+
 def _sets_to_pmatrix(text: str) -> str:
     """The gold's ``{a,b,...}`` groups rewritten as pmatrix (used when only the prediction is a pmatrix)."""
-    groups = _SET_GROUP.findall(text.strip())
+    groups = _set_groups(text.strip())
     return ", ".join("\\begin{pmatrix}" + g.strip("{}").replace(",", "\\") + "\\end{pmatrix}" for g in groups)
 
 
