@@ -1,0 +1,236 @@
+"""Stage folders and the run folder: every path, and the one rule that says a stage is done.
+
+Every stage writes into a folder of its own and writes ``meta.json`` there **last**: the stage's *identity* (its
+name, the settings that can change its output, and the fingerprints of its inputs: data file hash, model
+fingerprint, the upstream stage's fingerprint), the identity's fingerprint, versions, counts, and time accumulated
+over resumed runs. While a stage works, ``.started.json`` holds the identity it works for.
+
+"Done" means exactly: ``meta.json`` exists and its fingerprint equals what the current config asks for
+(:func:`stage_state`). A folder holding a stage made under other settings (finished or not) is never reused
+silently: :func:`claim` stops with every changed setting (old -> new) unless the caller passes ``rerun``, which
+clears the folder first.
+
+The run folder (:class:`RunLayout`) is defined here once; ``run`` and ``report`` both use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .utils import InputError, environment_info, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+META = "meta.json"
+STARTED = ".started.json"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Identities and fingerprints
+
+
+def fingerprint(identity: Mapping[str, Any]) -> str:
+    """SHA-256 of an identity's canonical JSON (sorted keys), ``sha256:`` prefixed."""
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def identity(stage: str, settings: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """A stage's identity: its name, the settings that can change its output, its inputs' fingerprints."""
+    return {"stage": stage, "settings": dict(settings), "inputs": dict(inputs)}
+
+
+def file_hash(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, ``sha256:`` prefixed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def output_fingerprint(path: str | Path) -> str | None:
+    """The fingerprint of a finished stage output at ``path`` (its folder's, or its own folder's ``meta.json``),
+    else ``None``."""
+    path = Path(path)
+    for folder in (path, path.parent):
+        meta = folder / META
+        if meta.is_file():
+            data = read_json(meta)
+            if isinstance(data, dict) and data.get("fingerprint"):
+                return str(data["fingerprint"])
+    return None
+
+
+def changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two identities."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage state
+
+
+@dataclass(frozen=True)
+class StageState:
+    """Where a stage folder stands against the identity asked for.
+
+    ``status``: ``missing`` (nothing there), ``partial`` (work of this same identity, unfinished: resume it),
+    ``done`` (finished, same identity) or ``changed`` (work of another identity; ``diffs`` says how)."""
+
+    status: str
+    diffs: tuple[str, ...] = ()
+    meta: Mapping[str, Any] | None = None
+
+
+def stage_state(folder: str | Path, ident: Mapping[str, Any]) -> StageState:
+    """The one "done" rule (see the module doc): compare ``folder``'s meta.json (or .started.json) with
+    ``ident``."""
+    folder = Path(folder)
+    want = fingerprint(ident)
+    for name, status in ((META, "done"), (STARTED, "partial")):
+        path = folder / name
+        if path.is_file():
+            data = read_json(path)
+            if data.get("fingerprint") == want:
+                return StageState(status, meta=data)
+            return StageState("changed", tuple(changes(data.get("identity", {}), ident)) or ("unknown",), data)
+    return StageState("missing")
+
+
+def changed_message(what: str, diffs: Iterable[str], fix: str) -> str:
+    return f"{what} was made with other settings ({'; '.join(diffs)}); {fix}"
+
+
+def claim(folder: str | Path, ident: Mapping[str, Any], *, rerun: bool = False, flag: str = "--output",
+          keep: Iterable[str] = ()) -> StageState:
+    """Make ``folder`` ready for the stage of identity ``ident`` and return its prior state.
+
+    ``done``: nothing to do (the caller returns). ``changed``: an :class:`InputError` naming each changed setting,
+    unless ``rerun``, which clears the folder (except the files matching ``keep``, which the stage checks itself)
+    and starts over. Otherwise ``.started.json`` records the identity being worked for, so that a later run with
+    other settings is refused even before this one finishes.
+    """
+    folder = Path(folder)
+    state = stage_state(folder, ident)
+    if state.status == "done":
+        return state
+    if state.status == "changed":
+        if not rerun:
+            raise InputError(changed_message(f"{flag} {folder}", state.diffs, "pass --rerun to redo it with the "
+                                             "current settings, or choose another " + flag))
+        clear(folder, keep)
+        logger.info("%s: cleared for a rerun (%s)", folder, "; ".join(state.diffs))
+    folder.mkdir(parents=True, exist_ok=True)
+    if state.status != "partial":
+        write_json(folder / STARTED, {"identity": dict(ident), "fingerprint": fingerprint(ident),
+                                      "started": time.time()})
+    return state
+
+
+def clear(folder: Path, keep: Iterable[str] = ()) -> None:
+    """Remove a stage folder's contents, except the names matching a ``keep`` glob (and its lock)."""
+    kept = {p for pattern in keep for p in folder.glob(pattern)}
+    for p in folder.iterdir() if folder.is_dir() else ():
+        if p in kept or p.name.endswith(".lock"):
+            continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def finish(folder: str | Path, ident: Mapping[str, Any], *, config: Mapping[str, Any], counts: Mapping[str, Any],
+           seconds: float, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``meta.json`` last: identity, fingerprint, resolved config, counts, seconds summed over resumes."""
+    folder = Path(folder)
+    before = read_json(folder / STARTED).get("seconds", 0.0) if (folder / STARTED).is_file() else 0.0
+    meta = {"stage": ident["stage"], "fingerprint": fingerprint(ident), "identity": dict(ident),
+            "config": dict(config), "counts": dict(counts), "seconds": round(before + seconds, 3),
+            "finished": time.time(), "versions": environment_info(), **(extra or {})}
+    write_json(folder / META, meta)
+    (folder / STARTED).unlink(missing_ok=True)
+    return meta
+
+
+def add_seconds(folder: str | Path, seconds: float) -> None:
+    """Add an interrupted attempt's time to ``.started.json``, so :func:`finish` reports the total."""
+    path = Path(folder) / STARTED
+    if path.is_file():
+        data = read_json(path)
+        data["seconds"] = round(data.get("seconds", 0.0) + seconds, 3)
+        write_json(path, data)
+
+
+def read_meta(folder: str | Path) -> dict[str, Any] | None:
+    path = Path(folder) / META
+    return read_json(path) if path.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run folder
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path of a run folder (``lightreasoner run --output RUN``)."""
+
+    root: Path
+    evals: tuple[str, ...] = field(default=("base", "tuned", "sft"))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        """The resolved run config, as YAML that replays it."""
+        return self.root / "config.yaml"
+
+    @property
+    def sample(self) -> Path:
+        return self.root / "sample"
+
+    @property
+    def samples(self) -> Path:
+        return self.sample / SAMPLES_FILE
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def merge(self) -> Path:
+        return self.root / "merge"
+
+    def eval(self, name: str) -> Path:
+        return self.root / "eval" / name
+
+    @property
+    def sft(self) -> Path:
+        return self.root / "sft"
+
+    @property
+    def sft_adapter(self) -> Path:
+        return self.sft / "adapter"
+
+    @property
+    def perplexity(self) -> Path:
+        return self.root / "perplexity"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+
+SAMPLES_FILE = "samples.jsonl"
