@@ -347,30 +347,6 @@ def test_training_lowers_the_loss_and_only_touches_lora(tmp_path, expert, tokeni
     assert abs(mean_loss(reloaded, trajs, tokenizer.pad_token_id) - loss1) < 1e-5
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path, expert, tokenizer, samples_file):
-    trajs, _ = tr.load_training_examples(samples_file, tokenizer)
-    straight = cfg(tmp_path, output=str(tmp_path / "a"), save_every=2)  # default LoRA dropout: RNG must resume
-    tr.train(copy.deepcopy(expert), tokenizer, trajs, straight, straight.output)
-    first = cfg(tmp_path, output=str(tmp_path / "b"), save_every=2, stop_after=3)
-    part = tr.train(copy.deepcopy(expert), tokenizer, trajs, first, first.output)
-    assert part["finished"] is False and part["update"] == 3
-    assert sorted(p.name for p in (tmp_path / "b").glob("step-*")) == ["step-000002", "step-000003"]
-    rest = cfg(tmp_path, output=str(tmp_path / "b"), save_every=2)
-    summary = tr.train(copy.deepcopy(expert), tokenizer, trajs, rest, rest.output)
-    assert summary["finished"] and summary["tuned_tokens"] == 4 * 6
-    a, b = adapter_tensors(tmp_path / "a"), adapter_tensors(tmp_path / "b")
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-7)
-    la = [json.loads(x)["loss"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    lb = [json.loads(x)["loss"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert la == pytest.approx(lb, abs=1e-7) and len(la) == 4
-    with pytest.raises(ConfigError, match="--lr"):  # a resumed run must keep the settings that shape the result
-        bad = cfg(tmp_path, output=str(tmp_path / "b"), lr=1e-3)
-        (tmp_path / "b" / "summary.json").unlink()
-        tr.train(copy.deepcopy(expert), tokenizer, trajs, bad, bad.output)
-
-
 def test_authors_format_trains_through_the_cli(tmp_path, model_dirs, tokenizer, records):
     from lightreasoner import cli
 

@@ -27,7 +27,8 @@ The recipe, top to bottom:
    FSDP and DeepSpeed ZeRO all require.
 5. **Optimisation**: LoRA (r 8, alpha 16, dropout 0.05, q_proj and v_proj) or ``--full``; AdamW, lr 5e-5,
    linear decay, no warm-up, gradient clipping at 1.0, seed 42. Checkpoints ``step-000200/`` hold the trainable
-   weights, optimizer, scheduler and RNG states (``accelerator.save_state``); ``--resume auto`` continues exactly.
+   weights, optimizer, scheduler and RNG states as safetensors + JSON (:mod:`lightreasoner.checkpoint`: nothing
+   is unpickled); ``--resume auto`` continues exactly.
 
 Python use::
 
@@ -44,9 +45,7 @@ import inspect
 import json
 import logging
 import math
-import re
 import resource
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from . import checkpoint as ck
 from . import embedded, models
 from .config import ConfigError, option, to_dict
 from .contrast import soft_label_kl_loss
@@ -63,8 +63,6 @@ from .utils import InputError, environment_info, iter_jsonl, read_complete_jsonl
 logger = logging.getLogger(__name__)
 
 AUTHORS_SYSTEM_PROMPT = "Please reason step by step."
-CHECKPOINT_RE = re.compile(r"^step-(\d{6,})$")
-TRAINER_STATE = "trainer_state.json"
 # Config fields that change the result: a resumed run must match the checkpoint's on these (the samples themselves
 # are compared by content, see data_fingerprint).
 RESULT_FIELDS = ("steps_per_update", "max_steps", "epochs", "lr", "weight_decay", "lr_scheduler",
@@ -155,7 +153,7 @@ class TrainConfig:
             p.append(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if not self.lora_targets:
             p.append("--lora-targets needs at least one module name (or all-linear)")
-        if self.resume not in ("auto", "none") and not CHECKPOINT_RE.match(Path(self.resume).name):
+        if self.resume not in ("auto", "none") and not ck.CHECKPOINT_RE.match(Path(self.resume).name):
             p.append(f"--resume must be auto, none or a step-NNNNNN checkpoint folder, got {self.resume!r}")
         return p
 
@@ -713,19 +711,6 @@ def linear_schedule(total: int, warmup: int = 0, constant: bool = False):
     return factor
 
 
-def find_checkpoint(output: Path, resume: str) -> Path | None:
-    """The checkpoint to resume from: ``auto`` -> the newest complete ``step-NNNNNN`` (one with trainer state)."""
-    if resume == "none":
-        return None
-    if resume != "auto":
-        p = Path(resume)
-        if not (p / TRAINER_STATE).is_file():
-            raise InputError(f"--resume {resume}: not a complete checkpoint (no {TRAINER_STATE})")
-        return p
-    done = [d for d in output.glob("step-*") if CHECKPOINT_RE.match(d.name) and (d / TRAINER_STATE).is_file()]
-    return max(done, key=lambda d: int(d.name[5:]), default=None)
-
-
 def data_fingerprint(trajs: Sequence[Trajectory]) -> str:
     h = hashlib.sha256()
     for t in trajs:
@@ -737,21 +722,6 @@ def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
-def _check_resumable(output: Path, cfg: TrainConfig, fingerprint: str) -> None:
-    saved_path = output / "train_config.json"
-    if not saved_path.is_file():
-        return
-    saved = read_json(saved_path)
-    now = to_dict(cfg)
-    diffs = [f"--{k.replace('_', '-')}: checkpoint {saved['config'].get(k)!r}, now {now[k]!r}"
-             for k in RESULT_FIELDS if saved["config"].get(k) != now[k]]
-    if saved.get("data_fingerprint") not in (None, fingerprint):
-        diffs.append("--samples: the samples' content changed since the checkpoint")
-    if diffs:
-        raise ConfigError(diffs + [f"resume with the original settings, or use a new --output / --resume none after "
-                                   f"removing {output}/step-*"], source=f"resuming {output}")
 
 
 class MetricsLogger:
@@ -878,15 +848,13 @@ def train(model: nn.Module, tokenizer: Any, trajectories: Sequence[Trajectory], 
     main_proc, world = acc.is_main_process, acc.num_processes
     fp = data_fingerprint(trajectories)
     if (out / "summary.json").is_file() and cfg.resume == "auto":
-        _check_resumable(out, cfg, fp)
+        ck.check_resumable(out, to_dict(cfg), RESULT_FIELDS, fp)
         logger.info("%s already holds a finished run; nothing to do", out)
         return read_json(out / "summary.json")
-    ckpt = find_checkpoint(out, cfg.resume)
-    if ckpt is None and cfg.resume == "none" and any(out.glob("step-*")):
-        raise InputError(f"{out} holds checkpoints from an earlier run: pass --resume auto to continue it, or "
-                         f"remove them / choose another --output")
-    if ckpt is not None:
-        _check_resumable(out, cfg, fp)
+    found = ck.candidates(out, cfg.resume)
+    ck.require_supported(acc.distributed_type, saves=bool(cfg.save_every or cfg.stop_after), resumes=bool(found))
+    if found:
+        ck.check_resumable(out, to_dict(cfg), RESULT_FIELDS, fp)
     plan = plan_updates([t.n_steps for t in trajectories], cfg.steps_per_update, max_steps=cfg.max_steps,
                         epochs=cfg.epochs, seed=cfg.seed)
     total = len(plan)
@@ -905,22 +873,14 @@ def train(model: nn.Module, tokenizer: Any, trajectories: Sequence[Trajectory], 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, linear_schedule(total, cfg.warmup_steps, constant=cfg.lr_scheduler == "constant"))
     wrapper, optimizer = acc.prepare(wrapper, optimizer)
-    acc.register_for_checkpointing(scheduler)
-    if not cfg.full:
-        trainable = {n for n, p in wrapper.named_parameters() if p.requires_grad}
-
-        def _only_trainable(_models: list, weights: list, _dir: str) -> None:
-            for w in weights:
-                for k in [k for k in w if k not in trainable]:
-                    del w[k]
-        acc.register_save_state_pre_hook(_only_trainable)
 
     # State carried across resumes.
     state: dict[str, Any] = {"update": 0, "kept_steps": 0, "forward_tokens": 0, "trajectory_forwards": 0,
                              "train_time_s": 0.0, "first_loss": None, "last_loss": None}
+    ckpt = ck.resume(acc, acc.unwrap_model(wrapper), optimizer, scheduler, found,
+                     explicit=cfg.resume not in ("auto", "none"))
     if ckpt is not None:
-        acc.load_state(str(ckpt), strict=False)
-        state.update(read_json(ckpt / TRAINER_STATE)["state"])
+        state.update(ckpt.state)
     start, stop = state["update"], min(total, cfg.stop_after or total)
     if main_proc:
         out.mkdir(parents=True, exist_ok=True)
@@ -931,7 +891,7 @@ def train(model: nn.Module, tokenizer: Any, trajectories: Sequence[Trajectory], 
         logger.info("%s: %d updates of %d kept steps over %d trajectories on %d process(es) (%s, %s), %d trainable "
                     "parameters%s", "full fine-tuning" if cfg.full else f"LoRA r {cfg.lora_r}", total,
                     cfg.steps_per_update, len(trajectories), world, str(acc.distributed_type).split(".")[-1],
-                    acc.device, n_trainable, f"; resuming from {ckpt} at update {start}" if ckpt else "")
+                    acc.device, n_trainable, f"; resuming from {ckpt.folder} at update {start}" if ckpt else "")
     metrics = MetricsLogger(out, cfg, start, enabled=main_proc)
 
     # The loop.
@@ -954,7 +914,9 @@ def train(model: nn.Module, tokenizer: Any, trajectories: Sequence[Trajectory], 
                           grad_norm=r["grad_norm"], peak_memory_gb=_peak_memory(acc.device) / 2**30,
                           kept_steps_seen=state["kept_steps"], elapsed_s=state["train_time_s"])
         if (cfg.save_every and done % cfg.save_every == 0 and done < total) or (done == stop < total):
-            _save_checkpoint(acc, wrapper, out / f"step-{done:06d}", state, cfg)
+            ck.save(acc, acc.unwrap_model(wrapper), optimizer, scheduler, out / f"step-{done:06d}", state,
+                    keep=cfg.keep_checkpoints, adapter=None if cfg.full else  # every rank gets the state dict
+                    (acc.unwrap_model(wrapper).lm, _lm_state(acc.get_state_dict(wrapper))))
     bar.close()
     metrics.close()
     if state["update"] < total:  # --stop-after: a checkpoint was left to resume from
@@ -978,8 +940,7 @@ def train(model: nn.Module, tokenizer: Any, trajectories: Sequence[Trajectory], 
         "peak_memory_gb": _peak_memory(acc.device) / 2**30, "data": data_stats or {}, "expert": expert or {},
     }
     if main_proc:
-        sd = {k[len("lm."):]: v for k, v in full_state.items() if k.startswith("lm.")}
-        acc.unwrap_model(wrapper).lm.save_pretrained(out, state_dict=sd)  # PEFT keeps only the adapter weights
+        acc.unwrap_model(wrapper).lm.save_pretrained(out, state_dict=_lm_state(full_state))  # PEFT: adapter only
         if not cfg.full:
             _set_adapter_base(out, expert)
         tokenizer.save_pretrained(out)
@@ -997,23 +958,9 @@ def _epoch_fraction(plan: Sequence[Update], upd: Update, trajs: Sequence[Traject
     return min(1.0, max(0.0, seen / total))
 
 
-def _save_checkpoint(acc: Any, wrapper: Any, path: Path, state: dict, cfg: TrainConfig) -> None:
-    """Save weights/optimizer/scheduler/RNG, then (last) the trainer state that marks the folder complete."""
-    acc.wait_for_everyone()
-    acc.save_state(str(path), safe_serialization=not cfg.full)
-    adapter_state = None if cfg.full else acc.get_state_dict(wrapper)  # every rank takes part (FSDP gathers)
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        if adapter_state is not None:  # a loadable PEFT adapter of this point, for analyses across checkpoints
-            sd = {k[len("lm."):]: v for k, v in adapter_state.items() if k.startswith("lm.")}
-            acc.unwrap_model(wrapper).lm.save_pretrained(path / "adapter", state_dict=sd)
-        write_json(path / TRAINER_STATE, {"state": state, "time": time.time()})
-        if cfg.keep_checkpoints:
-            done = sorted((d for d in path.parent.glob("step-*") if CHECKPOINT_RE.match(d.name)),
-                          key=lambda d: int(d.name[5:]))
-            for old in done[:-cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-    acc.wait_for_everyone()
+def _lm_state(state: dict) -> dict:
+    """The LM's entries of a :class:`KeptLogitsLM` state dict, without the ``lm.`` prefix."""
+    return {k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")}
 
 
 def _set_adapter_base(out: Path, expert: dict | None) -> None:
@@ -1032,6 +979,7 @@ def main(cfg: TrainConfig) -> int:
     malformed samples file fails before the model loads.
     """
     acc = make_accelerator(cfg)
+    ck.require_supported(acc.distributed_type, saves=bool(cfg.save_every or cfg.stop_after), resumes=False)
     try:
         src = models.resolve_source(cfg.expert, prepare=False)
     except FileNotFoundError as e:
