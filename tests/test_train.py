@@ -347,6 +347,23 @@ def test_training_lowers_the_loss_and_only_touches_lora(tmp_path, expert, tokeni
     assert abs(mean_loss(reloaded, trajs, tokenizer.pad_token_id) - loss1) < 1e-5
 
 
+def test_a_non_finite_loss_stops_training_naming_the_update(tmp_path, expert, tokenizer, samples_file):
+    trajs, _ = tr.load_training_examples(samples_file, tokenizer)
+    c = cfg(tmp_path, lr=1e30, save_every=1)
+    with pytest.raises(InputError, match=r"(loss|gradient norm) is (nan|inf) at update 2: the learning rate "
+                                         r"\(--lr 1e\+30\) or LoRA scale \(--lora-alpha 16"):
+        tr.train(copy.deepcopy(expert), tokenizer, trajs, c, c.output)
+    out = tmp_path / "out"  # nothing of the broken state was written: no adapter, no summary, no step-000002
+    assert [p.name for p in out.glob("step-*")] == ["step-000001"] and not (out / "summary.json").exists()
+    assert not (out / "adapter_model.safetensors").exists()
+    trajs[0].label_weights[0] = [math.nan] * len(trajs[0].label_weights[0])  # a poisoned label
+    first = next(u.index + 1 for u in tr.plan_updates([t.n_steps for t in trajs], 6, max_steps=4, seed=42)
+                 if any(p.traj == 0 and p.start == 0 for p in u.pieces))
+    c = cfg(tmp_path, output=str(tmp_path / "poisoned"))
+    with pytest.raises(InputError, match=f"loss is nan at update {first}: .*non-finite labels"):
+        tr.train(copy.deepcopy(expert), tokenizer, trajs, c, c.output)
+
+
 def test_authors_format_trains_through_the_cli(tmp_path, model_dirs, tokenizer, records):
     from lightreasoner import cli
 

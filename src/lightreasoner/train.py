@@ -28,7 +28,7 @@ The recipe, top to bottom:
 5. **Optimisation**: LoRA (r 8, alpha 16, dropout 0.05, q_proj and v_proj) or ``--full``; AdamW, lr 5e-5,
    linear decay, no warm-up, gradient clipping at 1.0, seed 42. Checkpoints ``step-000200/`` hold the trainable
    weights, optimizer, scheduler and RNG states as safetensors + JSON (:mod:`lightreasoner.checkpoint`: nothing
-   is unpickled); ``--resume auto`` continues exactly.
+   is unpickled); ``--resume auto`` continues exactly. A non-finite loss or gradient norm stops the run.
 
 Python use::
 
@@ -799,7 +799,7 @@ def train_update(acc: Any, model: nn.Module, optimizer: Any, scheduler: Any, tra
     """One optimizer update on ``update``'s kept steps (this rank's share), then clip, step, schedule.
 
     Returns the update's global mean loss, the forwarded tokens (all ranks), the pre-clip gradient norm and the lr
-    it used.
+    it used. A non-finite loss or gradient norm raises (:func:`check_finite`) before the caller writes anything.
     """
     world, rank = acc.num_processes, acc.process_index
     shards = [micro_batches(trajectories, shard_pieces(update.pieces, world, r), cfg.max_tokens_per_forward)
@@ -823,11 +823,22 @@ def train_update(acc: Any, model: nn.Module, optimizer: Any, scheduler: Any, tra
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    totals = torch.tensor([float(loss_sum), float(tokens)], device=acc.device)
-    if world > 1:
-        totals = acc.reduce(totals, reduction="sum")
-    return {"loss": float(totals[0]) / update.n_steps, "tokens": int(totals[1]), "lr": lr,
-            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan")}
+    totals = torch.stack([loss_sum.float(), torch.tensor(float(tokens), device=acc.device)])
+    totals = acc.reduce(totals, reduction="sum") if world > 1 else totals
+    norm = grad_norm if torch.is_tensor(grad_norm) else torch.tensor(math.nan if grad_norm is None else grad_norm)
+    loss, n_tokens, norm_value = torch.cat([totals, norm.detach().float().reshape(1).to(totals.device)]).tolist()
+    check_finite(update.index + 1, loss / update.n_steps, None if grad_norm is None else norm_value, cfg)
+    return {"loss": loss / update.n_steps, "tokens": int(n_tokens), "lr": lr, "grad_norm": norm_value}
+
+
+def check_finite(update: int, loss: float, grad_norm: float | None, cfg: TrainConfig) -> None:
+    """Stop on a non-finite loss or gradient norm at ``update``: every later update and checkpoint would be NaN."""
+    for what, value in (("loss", loss), ("gradient norm", grad_norm)):
+        if value is not None and not math.isfinite(value):
+            lora = "" if cfg.full else f" or LoRA scale (--lora-alpha {cfg.lora_alpha} / --lora-r {cfg.lora_r})"
+            raise InputError(f"{what} is {value} at update {update}: the learning rate (--lr {cfg.lr}){lora} may be "
+                             f"too large, or the samples hold non-finite labels. Nothing of this state was saved; "
+                             f"lower --lr (or fix the samples) and train again")
 
 
 def train(model: nn.Module, tokenizer: Any, trajectories: Sequence[Trajectory], cfg: TrainConfig,
