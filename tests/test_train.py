@@ -190,6 +190,24 @@ def test_samples_from_another_expert_are_refused(tmp_path, model_dirs, records, 
     assert "--force: training anyway" in caplog.text and "no manifest" in caplog.text
 
 
+def test_unfinished_or_doubled_samples_are_refused(tmp_path, model_dirs, tokenizer, records, caplog):
+    path, manifest = write_jsonl(tmp_path / "s.jsonl", records), tmp_path / "s.manifest.json"
+    manifest.write_text(json.dumps({"complete": False, "counts": {"problems": 6}}))
+    with pytest.raises(InputError, match=r"s\.jsonl: its manifest s\.manifest\.json says the sampling run did not "
+                                         r"finish.*Rerun `lightreasoner sample` with the same command.*--force"):
+        tr.main(cfg(tmp_path, samples=str(path), expert=model_dirs[0]))
+    assert not (tmp_path / "out").exists()  # refused before loading the model or writing anything
+    manifest.write_text(json.dumps({"complete": True, "counts": {"problems": 9}}))
+    with pytest.raises(InputError, match="manifest s.manifest.json counts 9 records, the file holds 6"):
+        tr.load_training_examples(path, tokenizer)
+    with caplog.at_level("WARNING"):
+        assert tr.load_training_examples(path, tokenizer, force=True)[1]["records"] == 6
+    assert "--force: training anyway" in caplog.text
+    doubled = write_jsonl(tmp_path / "d.jsonl", records + [records[1]])  # two sample runs into one file
+    with pytest.raises(InputError, match=r"trajectory id 'r1' appears twice, at .*d\.jsonl:2 and .*d\.jsonl:7"):
+        tr.load_training_examples(doubled, tokenizer)
+
+
 def test_config_validation_names_flags(tmp_path):
     with pytest.raises(ConfigError) as e:
         cfg(tmp_path, steps_per_update=0, lr=-1, lora_dropout=1.5, resume="somewhere")

@@ -204,20 +204,47 @@ def manifest_path(samples: str | Path) -> Path:
     return p.with_name(p.with_suffix("").name + ".manifest.json")
 
 
-def check_manifest(samples: str | Path, expert_fingerprint: str, force: bool = False) -> dict | None:
-    """Refuse samples drawn from another expert (``--force``: warn instead); warn when there is no manifest."""
+def read_manifest(samples: str | Path) -> dict | None:
+    """The manifest beside a local samples file (``None`` when either is missing)."""
     path = manifest_path(samples)
     if not Path(samples).exists() or not path.is_file():
-        logger.warning("no manifest beside %s (%s): cannot check that these samples came from this expert",
-                       samples, path.name)
         return None
     try:
         manifest = read_json(path)
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: not a readable JSON manifest ({e}); fix or remove it") from None
-    fp = (manifest.get("expert") or {}).get("fingerprint") if isinstance(manifest, dict) else None
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def check_complete(samples: str | Path, manifest: dict | None, records: int | None, force: bool = False) -> None:
+    """Refuse samples whose manifest says the sampling run did not finish, or (``records`` given) whose record
+    count differs from the manifest's: training on them would silently skip or double problems. ``--force``
+    warns instead."""
+    expected = ((manifest or {}).get("counts") or {}).get("problems")
+    if (manifest or {}).get("complete") is False:
+        problem = "says the sampling run did not finish"
+    elif records is not None and isinstance(expected, int) and expected != records:
+        problem = f"counts {expected} records, the file holds {records}"
+    else:
+        return
+    msg = f"{samples}: its manifest {manifest_path(samples).name} {problem} (interrupted, or changed by another run)"
+    if not force:
+        raise InputError(msg + ". Rerun `lightreasoner sample` with the same command to finish it, or pass --force "
+                               "to train on it anyway")
+    logger.warning("%s (--force: training anyway)", msg)
+
+
+def check_manifest(samples: str | Path, expert_fingerprint: str, force: bool = False) -> dict | None:
+    """Refuse samples drawn from another expert (``--force``: warn instead); warn when there is no manifest."""
+    manifest = read_manifest(samples)
+    if manifest is None:
+        logger.warning("no manifest beside %s (%s): cannot check that these samples came from this expert",
+                       samples, manifest_path(samples).name)
+        return None
+    fp = (manifest.get("expert") or {}).get("fingerprint")
     if fp is None:
-        logger.warning("%s names no expert fingerprint: cannot check that the samples came from this expert", path)
+        logger.warning("%s names no expert fingerprint: cannot check that the samples came from this expert",
+                       manifest_path(samples))
     elif fp != expert_fingerprint:
         spec = (manifest.get("expert") or {}).get("spec", "?")
         msg = (f"{samples} was sampled from expert {spec!r} ({fp}), but the expert being trained is "
@@ -360,18 +387,22 @@ def _group_authors(items: list[tuple[str, str, list[int], list[float]]], head: s
 
 
 def load_training_examples(source: str | Path, tokenizer: Any, *, max_length: int = 2048, split: str = "train",
-                           skip_bad_rows: bool = False,
-                           system_prompt: str = AUTHORS_SYSTEM_PROMPT) -> tuple[list[Trajectory], dict]:
+                           skip_bad_rows: bool = False, system_prompt: str = AUTHORS_SYSTEM_PROMPT,
+                           force: bool = False) -> tuple[list[Trajectory], dict]:
     """Read sample records (ours or the authors'; JSONL, Parquet or hub) into trajectories, with counts.
 
     Returns ``(trajectories, stats)``; stats has ``format``, ``records``, ``records_without_steps``,
     ``kept_steps``, ``trajectories``, ``dropped_steps``, ``truncated_windows``, ``bad_rows``.
-    Raises :class:`InputError` naming the file and line for malformed rows, and for a source with no kept step.
+    Raises :class:`InputError` naming the file and line for malformed rows, for a trajectory id seen twice, for a
+    file its manifest calls incomplete or counts differently (:func:`check_complete`; ``force``: warn), and for a
+    source with no kept step.
     """
     stats: dict[str, Any] = {"format": None, "records": 0, "records_without_steps": 0, "dropped_steps": 0,
                              "truncated_windows": 0, "bad_rows": 0}
     trajs: list[Trajectory] = []
     authors: dict[str, list[tuple[str, str, list[int], list[float]]]] = {}
+    seen_ids, manifest = {}, read_manifest(source)
+    check_complete(source, manifest, None, force)  # before reading: an unfinished file may end in a torn line
     for where, row in read_rows(source, split=split, skip_bad_rows=skip_bad_rows, stats=stats):
         if not isinstance(row, dict):
             raise InputError(f"{where}: expected a JSON object per line")
@@ -384,6 +415,11 @@ def load_training_examples(source: str | Path, tokenizer: Any, *, max_length: in
         stats["format"] = fmt
         stats["records"] += 1
         if fmt == "records":
+            first = seen_ids.setdefault(str(row["id"]), where) if row.get("id") is not None else where
+            if first != where:
+                raise InputError(f"{source}: trajectory id {row['id']!r} appears twice, at {first} and {where} (two "
+                                 f"sample runs writing one file?); keep one record per id, or rerun `lightreasoner "
+                                 f"sample` into a new file")
             tokens, steps = _records_to_steps(where, row)
             if not steps:
                 stats["records_without_steps"] += 1
@@ -407,6 +443,7 @@ def load_training_examples(source: str | Path, tokenizer: Any, *, max_length: in
                 trajs += _windows(tid, seq, steps, max_length, stats)
     stats["trajectories"] = len(trajs)
     stats["kept_steps"] = sum(t.n_steps for t in trajs)
+    check_complete(source, manifest, stats["records"] + stats["bad_rows"], force)
     if stats["records"] == 0:
         raise InputError(f"{source}: no sample records (empty file?); run `lightreasoner sample` first or check "
                          f"the path")
@@ -1000,7 +1037,7 @@ def main(cfg: TrainConfig) -> int:
     tokenizer = models.load_tokenizer(cfg.expert, trust_remote_code=cfg.trust_remote_code)
     trajs, stats = load_training_examples(cfg.samples, tokenizer, max_length=cfg.max_length,
                                           split=cfg.samples_split, skip_bad_rows=cfg.skip_bad_rows,
-                                          system_prompt=cfg.system_prompt)
+                                          system_prompt=cfg.system_prompt, force=cfg.force)
     if acc.is_main_process:
         logger.info("%d trajectories, %d kept steps (%s format, %d records)", stats["trajectories"],
                     stats["kept_steps"], stats["format"], stats["records"])
