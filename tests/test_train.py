@@ -447,3 +447,12 @@ def test_merge_equals_base_plus_adapter(tmp_path, model_dirs, expert, tokenizer)
     assert AutoTokenizer.from_pretrained(out).chat_template == tokenizer.chat_template
     with pytest.raises(InputError, match="no adapter_config.json"):
         tr.merge_main(resolve(tr.MergeConfig, cli=dict(expert=model_dirs[0], adapter=str(out), output=str(out))))
+
+
+def test_train_and_merge_refuse_an_output_another_run_is_writing(tmp_path, model_dirs, samples_file):
+    from lightreasoner.utils import output_lock
+
+    with output_lock(tmp_path / "out", "train"), pytest.raises(InputError, match="out is being written by"):
+        tr.main(cfg(tmp_path, samples=str(samples_file), expert=model_dirs[0]))
+    with output_lock(tmp_path / "m", "merge"), pytest.raises(InputError, match="m is being written by"):
+        tr.merge_main(resolve(tr.MergeConfig, cli=dict(expert=model_dirs[0], adapter="a", output=str(tmp_path / "m"))))

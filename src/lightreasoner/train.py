@@ -58,7 +58,8 @@ from . import checkpoint as ck
 from . import embedded, models
 from .config import ConfigError, option, to_dict
 from .contrast import soft_label_kl_loss
-from .utils import InputError, environment_info, iter_jsonl, read_complete_jsonl, read_json, write_json
+from .utils import (InputError, environment_info, iter_jsonl, read_complete_jsonl, read_json,
+                    require_single_process, write_json, writes_output)
 
 logger = logging.getLogger(__name__)
 
@@ -1020,11 +1021,13 @@ def _set_adapter_base(out: Path, expert: dict | None) -> None:
         write_json(cfg_path, data)
 
 
+@writes_output("train", kind="folder")
 def main(cfg: TrainConfig) -> int:
     """``lightreasoner train``: check the samples belong to the expert, read them, load the expert, train.
 
     The cheap checks come first (manifest fingerprint, then the samples with the tokenizer), so a wrong or
-    malformed samples file fails before the model loads.
+    malformed samples file fails before the model loads. One writer per output folder (:func:`utils.output_lock`,
+    held on every rank).
     """
     acc = make_accelerator(cfg)
     ck.require_supported(acc.distributed_type, saves=bool(cfg.save_every or cfg.stop_after), resumes=False)
@@ -1085,10 +1088,9 @@ def _stored_dtype(src: models.ModelSource | None) -> torch.dtype:
     return torch.float32
 
 
+@writes_output("merge", kind="folder")
 def merge_main(cfg: MergeConfig) -> int:
     """``lightreasoner merge``: write base + adapter as one standalone model."""
-    from .utils import require_single_process
-
     require_single_process("merge")
     adapter = Path(cfg.adapter)
     try:
