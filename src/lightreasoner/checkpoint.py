@@ -18,10 +18,11 @@ Not accelerate's ``save_state``: it pickles optimizer, scheduler and RNG states,
 the file names (a checkpoint folder would be as dangerous as a script). Nothing here is unpickled.
 
 Durability: every file is fsynced, then the folders, then the marker is written atomically and fsynced with its
-folder (:func:`write_marker`; JSON goes through ``utils.write_json``, which is atomic and fsyncs). Reading (:func:`read`) checks everything before changing anything: each listed
-file's size and hash, the weights' and optimizer state's names and shapes against the model, every process's RNG
-file. A damaged checkpoint raises :class:`CheckpointError` naming the file; ``--resume auto`` then falls back to
-the previous complete checkpoint (:func:`resume`).
+folder (:func:`write_marker`; JSON goes through ``utils.write_json``, which is atomic and fsyncs). Reading
+(:func:`read`) checks everything before changing anything: each listed file's size and hash, the weights' and
+optimizer state's names and shapes against the model, every process's RNG file. A damaged checkpoint raises
+:class:`CheckpointError` naming the file; ``--resume auto`` then falls back to the previous complete one
+(:func:`resume`).
 
 Distributed: under DDP every process holds the same trainable weights and optimizer state, so process 0 writes
 them (:func:`write_shared`) and each process writes its own RNG file (:func:`write_rng`). FSDP and DeepSpeed shard
@@ -46,7 +47,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .utils import InputError, fsync_dir, write_json
+from .utils import InputError, fsync_dir, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -112,12 +113,12 @@ def fsync_tree(folder: Path) -> None:
 
 
 def file_digest(path: Path) -> str:
+    """The file's sha256 (hex), read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
 
 
 def require_supported(distributed_type: Any, *, saves: bool, resumes: bool) -> None:
@@ -170,7 +171,7 @@ def write_shared(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler
         "param_groups": sd["param_groups"], "state_scalars": scalars,
         "param_names": [[names[id(p)] for p in g["params"]] for g in _inner(optimizer).param_groups]})
     write_json(folder / SCHEDULER, {"scheduler": scheduler.state_dict(),
-                                            "scaler": scaler.state_dict() if scaler is not None else None})
+                                    "scaler": scaler.state_dict() if scaler is not None else None})
 
 
 def write_rng(folder: Path, rank: int) -> None:
@@ -193,8 +194,8 @@ def write_marker(folder: Path, state: dict, world_size: int) -> None:
     fsync_tree(folder)
     files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER}
-    write_json(folder / MARKER, {"format": FORMAT, "state": state, "world_size": world_size,
-                                         "time": time.time(), "files": files})
+    write_json(folder / MARKER, {"format": FORMAT, "state": state, "world_size": world_size, "time": time.time(),
+                                 "files": files})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -443,7 +444,7 @@ def check_resumable(output: Path, config: dict, fields: Iterable[str], fingerpri
     saved_path = output / "train_config.json"
     if not saved_path.is_file():
         return
-    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    saved = read_json(saved_path)
     diffs = [f"--{k.replace('_', '-')}: checkpoint {saved['config'].get(k)!r}, now {config[k]!r}"
              for k in fields if saved["config"].get(k) != config[k]]
     if saved.get("data_fingerprint") not in (None, fingerprint):

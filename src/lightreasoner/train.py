@@ -993,6 +993,7 @@ def train(model: nn.Module, tokenizer: Any, trajectories: Sequence[Trajectory], 
         if not cfg.full:
             _set_adapter_base(out, expert)
         tokenizer.save_pretrained(out)
+        ck.fsync_tree(out)  # the adapter and tokenizer files are on disk before summary.json marks the run done
         write_json(out / "summary.json", summary)
         logger.info("trained %d updates (%d kept steps) in %.1f s; loss %.4f -> %.4f; written to %s", total,
                     state["kept_steps"], state["train_time_s"], state["first_loss"], state["last_loss"], out)
