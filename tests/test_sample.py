@@ -137,9 +137,9 @@ def test_two_processes_equal_one(model_dirs, tmp_path):
             "--max-problems", "5", "--batch-size", "2", "--max-new-tokens", "8", "--dtype", "float32",
             "--device", "cpu", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    one = tmp_path / "one.jsonl"
+    one = tmp_path / "one" / "samples.jsonl"
     subprocess.run(base + ["--output", str(one)], check=True, env=env, cwd=tmp_path)
-    two = tmp_path / "two.jsonl"
+    two = tmp_path / "two" / "samples.jsonl"
     procs = [subprocess.Popen(base + ["--output", str(two)], cwd=tmp_path,
                               env={**env, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)})
              for r in range(2)]
@@ -149,7 +149,7 @@ def test_two_processes_equal_one(model_dirs, tmp_path):
     m2 = json.loads(S.manifest_path(two).read_text())
     assert m1["counts"] == m2["counts"] and m2["complete"]
     assert len(m2["timings"]["per_rank"]) == 2
-    assert not list(tmp_path.glob("two.rank*.jsonl"))
+    assert not list(two.parent.glob("samples.rank*.jsonl"))
 
 
 def test_cli_writes_records_manifest_reference_and_inspect(model_dirs, tmp_path, gsm8k_file, capsys):

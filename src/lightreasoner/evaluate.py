@@ -39,8 +39,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
+from . import data as shipped
 from . import grading
-from .config import ConfigError, option, save_config
+from .config import ConfigError, flag, option, save_config
 from .models import DTYPES
 from .utils import (InputError, atomic_write, JsonlAppender, environment_info, iter_jsonl, read_complete_jsonl, read_json,
                     require_single_process, write_json, write_jsonl, writes_output)
@@ -71,17 +72,18 @@ class EvalConfig:
     kill. --compare RUN_A,RUN_B instead compares two finished output folders with an exact McNemar test.
     """
 
-    model: str | None = option(None, "model spec: an embedded name, a .gguf file, a save_pretrained folder or a "
-                                     "hub id (required unless --compare)")
-    adapter: str | None = option(None, "a LoRA adapter folder evaluated on top of --model, without merging")
+    model: str | None = option(None, run_sets=True, help="model spec: an embedded name, a .gguf file, a "
+                               "save_pretrained folder or a hub id (required unless --compare)")
+    adapter: str | None = option(None, "a LoRA adapter folder folded into --model's weights for the evaluation",
+                                 run_sets=True)
     benchmarks: tuple[str, ...] = option(PAPER_BENCHMARKS, "comma-separated benchmarks", choices=ALL_BENCHMARKS)
     data_dir: str | None = option(None, "folder in the toolkit's layout DIR/<name>/test.jsonl (e.g. the "
-                                        "Qwen2.5-Math repo's evaluation/data); without it, known hub copies "
-                                        f"({', '.join(HUB_DATASETS)}) are downloaded")
-    output: str | None = option(None, "output folder (required unless --compare; with --compare, where to write "
-                                      "compare.json/.md)")
-    compare: tuple[str, ...] | None = option(None, "two finished eval folders RUN_A,RUN_B to compare instead of "
-                                                   "evaluating")
+                                        "Qwen2.5-Math repo's evaluation/data); none: the copies shipped with "
+                                        "lightreasoner (sources and licences in lightreasoner/data/PROVENANCE.md)")
+    output: str | None = option(None, run_sets=True, result=False, help="output folder (required unless "
+                                "--compare; with --compare, where to write compare.json/.md)")
+    compare: tuple[str, ...] | None = option(None, run_sets=True, help="two finished eval folders RUN_A,RUN_B to "
+                                             "compare instead of evaluating")
     prompt: str = option("qwen25-math", "prompt: the toolkit's raw qwen25-math-cot template, or the model's chat "
                                         "template with the same system message", choices=PROMPT_TYPES)
     shots: int = option(0, "few-shot demos for mmlu_stem (Qwen's sh/eval.sh uses 5; LightReasoner's script 0)")
@@ -92,13 +94,13 @@ class EvalConfig:
     max_batch_tokens: int | None = option(65536, "most KV-cache tokens per batch: rows x (longest prompt + "
                                                  "max new tokens); bounds memory on long prompts")
     dtype: str = option("auto", "weights dtype (auto: bf16 where the hardware computes it natively)",
-                        choices=DTYPES)
-    device: str | None = option(None, "cuda, cpu or mps; none: the best available")
-    seed: int = option(0, "random seed (decoding is greedy; kept for the record)")
+                        choices=DTYPES, run_sets=True)
+    device: str | None = option(None, "cuda, cpu or mps; none: the best available", run_sets=True, result=False)
+    seed: int = option(0, "random seed (decoding is greedy; kept for the record)", run_sets=True)
     grade_timeout: float = option(3.0, "seconds per equality check before it counts as wrong (toolkit: 3)")
     skip_bad_rows: bool = option(False, "skip benchmark rows without a usable question or gold (counted) instead "
                                         "of stopping")
-    overwrite: bool = option(False, "discard results already in --output instead of resuming")
+    overwrite: bool = option(False, "discard results already in --output instead of resuming", result=False)
 
     def validate(self) -> list[str]:
         p: list[str] = []
@@ -112,15 +114,15 @@ class EvalConfig:
                 p.append("--output is required (or --compare RUN_A,RUN_B)")
         n_demos = min((len(grading.FEW_SHOT.get(b, ())) for b in SHOT_BENCHMARKS), default=0)
         if not 0 <= self.shots <= n_demos:
-            p.append(f"--shots must be between 0 and {n_demos}, got {self.shots}")
+            p.append(f"{flag('shots')} must be between 0 and {n_demos}, got {self.shots}")
         for name in ("limit", "max_new_tokens", "batch_size", "max_batch_tokens"):
             v = getattr(self, name)
             if v is not None and v <= 0:
-                p.append(f"--{name.replace('_', '-')} must be > 0, got {v}")
+                p.append(f"{flag(name)} must be > 0, got {v}")
         if self.grade_timeout <= 0:
-            p.append(f"--grade-timeout must be > 0, got {self.grade_timeout}")
+            p.append(f"{flag('grade_timeout')} must be > 0, got {self.grade_timeout}")
         if len(set(self.benchmarks)) != len(self.benchmarks) or not self.benchmarks:
-            p.append(f"--benchmarks must name each benchmark once, got {','.join(self.benchmarks) or 'none'}")
+            p.append(f"{flag('benchmarks')} must name each benchmark once, got {','.join(self.benchmarks) or 'none'}")
         return p
 
 
@@ -130,7 +132,8 @@ class EvalConfig:
 
 def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | None = None, *,
                    skip_bad_rows: bool = False, stats: dict | None = None) -> list[dict]:
-    """Rows of ``DIR/<name>/test.jsonl`` (or a known hub copy) as the toolkit loads them, checked up front.
+    """Rows of ``DIR/<name>/test.jsonl`` (without ``data_dir``: the shipped copy, see :mod:`lightreasoner.data`)
+    as the toolkit loads them, checked up front.
 
     Each row gets ``idx`` = its position when the file has none; rows are sorted by ``idx`` and cut to the first
     ``limit``. Every row is checked before any model loads (see :func:`_check_rows`): a bad one is an
@@ -145,6 +148,9 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int | N
         if not path.is_file():
             raise InputError(f"--data-dir {data_dir}: no {name}/test.jsonl there; the folder must have the "
                              f"Qwen2.5-Math toolkit's layout DIR/<name>/test.jsonl (its evaluation/data)")
+        where, numbered = str(path), list(iter_jsonl(path, skip_bad=skip_bad_rows, stats=stats))
+    elif shipped.benchmark_file(name) is not None:
+        path = shipped.benchmark_file(name)
         where, numbered = str(path), list(iter_jsonl(path, skip_bad=skip_bad_rows, stats=stats))
     else:
         where, numbered = f"{name} (hub)", list(enumerate(_load_hub(name), 1))

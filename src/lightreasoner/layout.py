@@ -47,6 +47,14 @@ def identity(stage: str, settings: Mapping[str, Any], inputs: Mapping[str, Any])
     return {"stage": stage, "settings": dict(settings), "inputs": dict(inputs)}
 
 
+def stage_identity(stage: str, cfg: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """A stage's identity from its config: the result settings (:func:`config.result_dict`) not named in
+    ``inputs``, and ``inputs`` (fingerprints standing for the config's model, data and upstream fields)."""
+    from .config import result_dict
+
+    return identity(stage, {k: v for k, v in result_dict(cfg).items() if k not in inputs}, inputs)
+
+
 def file_hash(path: str | Path) -> str:
     """SHA-256 of a file's bytes, ``sha256:`` prefixed."""
     h = hashlib.sha256()
@@ -117,29 +125,33 @@ def changed_message(what: str, diffs: Iterable[str], fix: str) -> str:
 
 
 def claim(folder: str | Path, ident: Mapping[str, Any], *, rerun: bool = False, flag: str = "--output",
-          keep: Iterable[str] = ()) -> StageState:
-    """Make ``folder`` ready for the stage of identity ``ident`` and return its prior state.
+          keep: Iterable[str] = (), shown: str | Path | None = None) -> StageState:
+    """Check ``folder`` against the stage of identity ``ident`` (before any work) and return its state.
 
-    ``done``: nothing to do (the caller returns). ``changed``: an :class:`InputError` naming each changed setting,
-    unless ``rerun``, which clears the folder (except the files matching ``keep``, which the stage checks itself)
-    and starts over. Otherwise ``.started.json`` records the identity being worked for, so that a later run with
-    other settings is refused even before this one finishes.
+    ``done``: nothing to do (the caller returns). ``changed``: an :class:`InputError` naming each changed setting
+    (and ``shown``, the output as the user gave it), unless ``rerun``, which clears the folder (except the files
+    matching ``keep``, which the stage checks itself) so the stage starts over. Call :func:`start` when the first
+    output is about to be written.
     """
     folder = Path(folder)
     state = stage_state(folder, ident)
-    if state.status == "done":
-        return state
     if state.status == "changed":
         if not rerun:
-            raise InputError(changed_message(f"{flag} {folder}", state.diffs, "pass --rerun to redo it with the "
-                                             "current settings, or choose another " + flag))
+            raise InputError(changed_message(f"{flag} {shown or folder}", state.diffs, "pass --rerun to redo it "
+                                             "with the current settings, or choose another " + flag))
         clear(folder, keep)
         logger.info("%s: cleared for a rerun (%s)", folder, "; ".join(state.diffs))
+    return state
+
+
+def start(folder: str | Path, ident: Mapping[str, Any]) -> None:
+    """Record in ``.started.json`` the identity being worked for, so that a later run with other settings is
+    refused even before this one finishes (and an unfinished one of the same settings resumes)."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if state.status != "partial":
+    if stage_state(folder, ident).status != "partial":
         write_json(folder / STARTED, {"identity": dict(ident), "fingerprint": fingerprint(ident),
                                       "started": time.time()})
-    return state
 
 
 def clear(folder: Path, keep: Iterable[str] = ()) -> None:
@@ -171,6 +183,37 @@ def add_seconds(folder: str | Path, seconds: float) -> None:
         data = read_json(path)
         data["seconds"] = round(data.get("seconds", 0.0) + seconds, 3)
         write_json(path, data)
+
+
+class StageRun:
+    """One attempt at a stage: checks the folder (:func:`claim`), :meth:`start` marks it before the first write,
+    :meth:`finish` writes meta.json; the time of an attempt that ends in an exception is kept for the next (use
+    as a context manager around the work)."""
+
+    def __init__(self, folder: str | Path, ident: Mapping[str, Any], *, rerun: bool = False,
+                 flag: str = "--output", keep: Iterable[str] = (), shown: str | Path | None = None) -> None:
+        self.folder, self.identity = Path(folder), dict(ident)
+        self.state = claim(self.folder, ident, rerun=rerun, flag=flag, keep=keep, shown=shown)
+        self.done = self.state.status == "done"
+        self._t0 = time.perf_counter()
+
+    def start(self) -> None:
+        start(self.folder, self.identity)
+
+    def finish(self, *, config: Mapping[str, Any], counts: Mapping[str, Any],
+               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        self.start()
+        meta = finish(self.folder, self.identity, config=config, counts=counts,
+                      seconds=time.perf_counter() - self._t0, extra=extra)
+        self.done = True
+        return meta
+
+    def __enter__(self) -> "StageRun":
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None and not self.done:
+            add_seconds(self.folder, time.perf_counter() - self._t0)
 
 
 def read_meta(folder: str | Path) -> dict[str, Any] | None:
@@ -234,3 +277,37 @@ class RunLayout:
 
 
 SAMPLES_FILE = "samples.jsonl"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input fingerprints (computed before any model loads)
+
+
+def model_input(spec: str) -> str:
+    """A model spec's fingerprint as a stage input: a stage output folder's own fingerprint (``meta.json``), else
+    the model's content fingerprint (:func:`models.fingerprint`; a hub id stands for itself)."""
+    from .models import fingerprint as model_fingerprint
+    from .models import resolve_source
+
+    return output_fingerprint(spec) or model_fingerprint(resolve_source(spec, prepare=False))
+
+
+def data_input(spec: str | None) -> str:
+    """A data spec's fingerprint as a stage input: ``generated``, a shipped set's or a file's content hash, a
+    folder's files' hashes, or the hub id."""
+    from . import data as shipped
+    from .utils import looks_like_hub_id
+
+    if spec is None or spec == shipped.GENERATED:
+        return "generated"
+    path = Path(spec).expanduser()
+    if not path.exists() and shipped.training_file(spec) is not None:
+        return f"shipped:{spec}:" + file_hash(shipped.training_file(spec))  # type: ignore[arg-type]
+    if path.is_file():
+        return file_hash(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".json", ".parquet"))
+        return fingerprint({p.relative_to(path).as_posix(): file_hash(p) for p in files})
+    if looks_like_hub_id(spec):
+        return f"hub:{spec}"
+    raise InputError(f"--data {spec!r}: no such file or folder")

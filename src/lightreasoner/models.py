@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, Iterator
 import torch
 
 from . import embedded
-from .utils import InputError
+from .utils import InputError, looks_like_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -68,18 +67,8 @@ class ModelSource:
     gguf_file: str | None = None
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-
-
 class ModelSpecError(InputError):
     """A model spec that names nothing loadable (a missing file or folder, a malformed id)."""
-
-
-def _looks_local(spec: str, p: Path) -> bool:
-    """Whether a spec that exists nowhere was meant as a local path: it starts like a path, is not shaped like a
-    hub id (``name`` or ``org/name``), or its parent folder exists here (``runs/merged`` with a ``runs/``)."""
-    return (spec.startswith((".", "/", "~")) or not _HUB_ID.match(spec)
-            or (len(p.parts) > 1 and p.parent.is_dir()))
 
 
 def resolve_source(spec: str, *, prepare: bool = True) -> ModelSource:
@@ -102,7 +91,7 @@ def resolve_source(spec: str, *, prepare: bool = True) -> ModelSource:
     if p.exists():
         raise ModelSpecError(f"model {spec!r} is a file, not a checkpoint folder, a .gguf file or an embedded name "
                              f"({', '.join(embedded.EMBEDDED)})")
-    if _looks_local(spec, p):
+    if not looks_like_hub_id(spec):
         raise ModelSpecError(f"model {spec!r}: no such folder (and not an embedded name: "
                              f"{', '.join(embedded.EMBEDDED)}); check the path")
     return ModelSource(spec, "hub", spec)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .utils import InputError, iter_jsonl
+from . import data as shipped
+from .utils import InputError, iter_jsonl, looks_like_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def row_to_problem(row: Any, where: str, question_field: str, answer_field: str 
 
 
 def _rows_from_file(path: Path, skip_bad_rows: bool, stats: dict) -> Iterable[tuple[str, Any]]:
-    if path.suffix == ".jsonl":
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
         for n, row in iter_jsonl(path, skip_bad=skip_bad_rows, stats=stats):
             yield f"{path}:{n}", row
     elif path.suffix == ".json":
@@ -91,28 +92,37 @@ def load_problems(data: str | None, *, split: str = "train", question_field: str
                   answer_field: str | None = "answer", max_problems: int | None = None,
                   shuffle_seed: int | None = None, skip_bad_rows: bool = False,
                   generator_seed: int = 0, stats: dict | None = None) -> list[Problem]:
-    """Load problems from a file, a toolkit folder, a hub dataset id, or (``data=None``) the generator.
+    """Load problems from a file, a toolkit folder, a hub dataset id, a shipped set by name (``gsm8k``: GSM8K
+    train, see :mod:`lightreasoner.data`), or the built-in generator (``generated``).
 
     ``max_problems`` takes the first N (as the authors do); with ``shuffle_seed`` a seeded random subset.
-    Bad rows raise :class:`InputError` naming file and line, or are skipped and counted in ``stats``.
+    Bad rows raise :class:`InputError` naming file and line, or are skipped and counted in ``stats``
+    (``stats['source']`` says where the problems came from). A path that does not exist, or a hub id that cannot
+    be read, is an error naming it: nothing is substituted.
     """
     stats = stats if stats is not None else {}
-    if data is None:
+    if data is None or not str(data).strip():
+        raise InputError("--data is required: a file, a toolkit folder, a hub dataset id, `gsm8k` (the shipped "
+                         "GSM8K train set) or `generated` (the built-in problem generator)")
+    if data == shipped.GENERATED:
         n = max_problems if max_problems is not None else 1000
         problems = generate_problems(n, seed=generator_seed)
         stats["source"] = f"built-in generator (seed {generator_seed})"
         return problems
     path = Path(data).expanduser()
+    if not path.exists() and shipped.training_file(data) is not None:
+        path = shipped.training_file(data)  # type: ignore[assignment]
     if path.is_dir():
         path = _resolve_folder(path, split)
     if path.exists():
         rows: Iterable[tuple[str, Any]] = _rows_from_file(path, skip_bad_rows, stats)
-        stats["source"] = str(path)
-    elif "/" in data and not data.startswith((".", "/", "~")):
+        stats["source"] = f"shipped:{data}" if not Path(data).expanduser().exists() else str(path)
+    elif looks_like_hub_id(data, need_org=True):
         rows = _rows_from_hub(data, split)
         stats["source"] = f"hub:{data}:{split}"
     else:
-        raise InputError(f"--data {data!r}: no such file or folder")
+        raise InputError(f"--data {data!r}: no such file or folder (shipped sets: "
+                         f"{', '.join(shipped.TRAINING_SETS)}; or `generated`)")
     problems: list[Problem] = []
     seen: set[str] = set()
     for where, row in rows:

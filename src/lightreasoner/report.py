@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import option
+from .config import flag, option
 from .utils import InputError, atomic_write, read_complete_jsonl, read_json, writes_output
 
 logger = logging.getLogger(__name__)
@@ -59,14 +59,14 @@ class ReportConfig:
     example: lightreasoner report runs/embedded
     """
 
-    run_dir: str = option(help="run folder written by `lightreasoner run`", positional=True)
+    run_dir: str = option(help="run folder written by `lightreasoner run`", positional=True, result=False)
     tokenizer: str | None = option(None, "tokenizer to show kept steps as text (default: the samples manifest's "
                                          "expert; ids are shown when it cannot be loaded)")
     cases: int = option(5, "examples per direction in the case study (base wrong -> tuned right, and the reverse)")
     kept_step_examples: int = option(5, "kept steps shown as `lightreasoner inspect` prints them")
 
     def validate(self) -> list[str]:
-        return [f"--{n.replace('_', '-')} must be >= 0, got {getattr(self, n)}"
+        return [f"{flag(n)} must be >= 0, got {getattr(self, n)}"
                 for n in ("cases", "kept_step_examples") if getattr(self, n) < 0]
 
 

@@ -28,7 +28,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .config import option, save_config, to_dict
+from . import layout
+from .config import flag, option, to_dict
 from .contrast import StepReduction, reduce_step
 from .embedded import DEFAULT_AMATEUR, DEFAULT_EXPERT
 from .generation import CachedDecoder, left_pad
@@ -48,11 +49,12 @@ class SampleConfig:
     example: lightreasoner sample --data ../shared/data/gsm8k_train.jsonl --max-problems 128 --output runs/s/samples.jsonl
     """
 
-    output: str = option(help="samples file to write (JSONL); its manifest goes next to it")
-    expert: str = option(DEFAULT_EXPERT, "expert model: embedded name, .gguf file, checkpoint folder or hub id")
-    amateur: str = option(DEFAULT_AMATEUR, "amateur model (same forms as --expert)")
-    data: str | None = option(None, "problems: JSONL/JSON/Parquet file, toolkit folder or hub id; none = built-in "
-                                    "generator")
+    output: str = option(help="samples file to write (JSONL); its manifest goes next to it", result=False)
+    expert: str = option(DEFAULT_EXPERT, "expert model: embedded name, .gguf file, checkpoint folder or hub id",
+                         run_sets=True)
+    amateur: str = option(DEFAULT_AMATEUR, "amateur model (same forms as --expert)", run_sets=True)
+    data: str = option("gsm8k", "problems: JSONL/JSON/Parquet file, toolkit folder, hub id, gsm8k (the shipped "
+                                "GSM8K train set) or generated (the built-in generator)", run_sets=True)
     split: str = option("train", "split to read from a folder or hub dataset")
     question_field: str = option("question", "field holding the question text")
     max_problems: int | None = option(None, "use the first N problems (none = all)")
@@ -72,23 +74,25 @@ class SampleConfig:
                                choices=("teacher-forced", "lockstep"))
     format: str = option("ours", "also write the authors' per-step format as <stem>.reference.jsonl",
                          choices=("ours", "reference"))
-    dtype: str = option("auto", "model dtype", choices=("auto", "float32", "bfloat16", "float16"))
-    device: str | None = option(None, "device (default: cuda if available, else cpu)")
+    dtype: str = option("auto", "model dtype", choices=("auto", "float32", "bfloat16", "float16"), run_sets=True)
+    device: str | None = option(None, "device (default: cuda if available, else cpu)", run_sets=True, result=False)
     trust_remote_code: bool = option(False, "allow model repositories to run their own code")
     allow_vocab_mismatch: bool = option(False, "compare only the common id range of differing vocabularies")
-    progress: bool = option(True, "show a progress bar")
+    progress: bool = option(True, "show a progress bar", result=False)
+    rerun: bool = option(False, "redo the stage when --output holds samples made with other settings (they are "
+                                "deleted)", result=False, saved=False, run_sets=True)
 
     def validate(self) -> list[str]:
         errs = []
         if not 0 < self.alpha <= 1:
-            errs.append(f"--alpha must be in (0, 1], got {self.alpha}")
+            errs.append(f"{flag('alpha')} must be in (0, 1], got {self.alpha}")
         if self.beta < 0:
-            errs.append(f"--beta must be >= 0, got {self.beta}")
+            errs.append(f"{flag('beta')} must be >= 0, got {self.beta}")
         for name in ("max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
-                errs.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                errs.append(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.max_problems is not None and self.max_problems < 1:
-            errs.append(f"--max-problems must be >= 1 or none, got {self.max_problems}")
+            errs.append(f"{flag('max_problems')} must be >= 1 or none, got {self.max_problems}")
         if not self.output.endswith(".jsonl"):
             errs.append(f"--output must be a .jsonl file, got {self.output!r}")
         return errs
@@ -296,8 +300,8 @@ def shard_path(output: Path, rank: int) -> Path:
 
 
 def manifest_path(output: str | Path) -> Path:
-    output = Path(output)
-    return output.with_name(f"{output.stem}.manifest.json")
+    """Where a samples file is described: its stage folder's ``meta.json`` (written last)."""
+    return Path(output).with_name(layout.META)
 
 
 def sample_problems(expert: Any, amateur: Any, tokenizer: Any, problems: Sequence[Problem], output: str | Path, *,
@@ -394,32 +398,59 @@ def _wait_for(paths: list[Path], timeout_s: float = 7 * 24 * 3600) -> None:
         time.sleep(2)
 
 
+def identity(cfg: SampleConfig, **inputs: str) -> dict:
+    """The sampling stage's identity (see :mod:`.layout`): its result settings and its inputs' fingerprints
+    (``inputs`` overrides them, e.g. ``run`` naming a model by an upstream stage's fingerprint)."""
+    found = {"expert": lambda: layout.model_input(cfg.expert), "amateur": lambda: layout.model_input(cfg.amateur),
+             "data": lambda: layout.data_input(cfg.data)}
+    ident = layout.stage_identity("sample", cfg, {k: inputs.get(k) or f() for k, f in found.items()})
+    ident["settings"]["file"] = Path(cfg.output).name  # one samples file per stage folder
+    return ident
+
+
 @writes_output("sample", kind="file")
 def main(cfg: SampleConfig) -> int:
-    from .models import check_vocab, load_model
-
+    """``lightreasoner sample``: the stage folder is --output's folder; its meta.json (written last) holds the
+    identity, the manifest (counts, models, timings) and the versions."""
     info = dist_info()
     output = Path(cfg.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    ident = identity(cfg)
+    if not info.is_main:  # rank 0 claims (and, with --rerun, clears) the folder; the others follow its claim
+        _wait_for_claim(output.parent, ident)
+        return 0 if layout.stage_state(output.parent, ident).status == "done" else _sample(cfg, info, None)
+    with layout.StageRun(output.parent, ident, rerun=cfg.rerun, shown=output) as stage:  # no record is kept
+        if stage.done:
+            logger.info("%s is complete for these settings; nothing to do", output)
+            return 0
+        return _sample(cfg, info, stage)
+
+
+def _wait_for_claim(folder: Path, ident: dict, timeout_s: float = 3600) -> None:
+    t0 = time.time()
+    while layout.stage_state(folder, ident).status not in ("partial", "done"):
+        if time.time() - t0 > timeout_s:
+            raise TimeoutError(f"rank 0 did not claim {folder} within {timeout_s:.0f} s")
+        time.sleep(1)
+
+
+def _sample(cfg: SampleConfig, info: Any, stage: layout.StageRun | None) -> int:
+    from .models import check_vocab, load_model
+
+    output = Path(cfg.output)
     stats: dict[str, Any] = {}
     problems = load_problems(cfg.data, split=cfg.split, question_field=cfg.question_field, answer_field=None,
                              max_problems=cfg.max_problems, shuffle_seed=cfg.shuffle_seed,
                              skip_bad_rows=cfg.skip_bad_rows, generator_seed=cfg.generator_seed, stats=stats)
     if not problems:
         raise InputError(f"--data {cfg.data}: no problems to sample")
-    if cfg.data is None:
-        logger.info("no --data: using %d problems from the built-in generator", len(problems))
-    mpath = manifest_path(output)
-    if output.exists() and mpath.exists() and read_json(mpath).get("complete"):
-        if len(read_complete_jsonl(output)) == len(problems):
-            logger.info("%s is complete (%d problems); nothing to do", output, len(problems))
-            return 0
     device = cfg.device or (f"cuda:{info.local_rank}" if torch.cuda.is_available() else None)
     t_load = time.perf_counter()
     expert = load_model(cfg.expert, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
     amateur = load_model(cfg.amateur, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
     vocab = check_vocab(expert, amateur, cfg.allow_vocab_mismatch)
     load_s = time.perf_counter() - t_load
+    if stage is not None:
+        stage.start()
     state_path = output.with_name(f"{output.stem}.rank{info.rank}.timings.json")
     prev = read_json(state_path) if state_path.exists() else {}
     t0 = time.perf_counter()
@@ -430,9 +461,9 @@ def main(cfg: SampleConfig) -> int:
     timings = {k: round(v + prev.get(k, 0.0), 3) for k, v in
                {**timings, "total": time.perf_counter() - t0, "model_load": load_s}.items()}
     write_json(state_path, timings)
+    if stage is None:  # ranks > 0: rank 0 merges and describes
+        return 0
     if info.world_size > 1:
-        if not info.is_main:
-            return 0
         _wait_for([output.with_name(f"{output.stem}.rank{r}.timings.json") for r in range(info.world_size)])
         records = _merge_shards(output, info.world_size, {p.id: i for i, p in enumerate(problems)})
     else:
@@ -443,26 +474,22 @@ def main(cfg: SampleConfig) -> int:
                                                  for r in records)
     summary["counts"]["bad_rows_skipped"] = stats.get("bad_rows", 0)
     if cfg.format == "reference":
-        ref = reference_records(records, expert.tokenizer)
-        ref_path = output.with_name(f"{output.stem}.reference.jsonl")
-        write_jsonl(ref_path, ref)
+        write_jsonl(output.with_name(f"{output.stem}.reference.jsonl"), reference_records(records, expert.tokenizer))
     all_timings = [read_json(output.with_name(f"{output.stem}.rank{r}.timings.json")) for r in
                    range(info.world_size)]
-    manifest = {
+    stage.finish(config=to_dict(cfg), counts=summary["counts"], extra={
         "complete": len(records) == len(problems),
-        "config": to_dict(cfg),
+        "samples": output.name,
         "problems_source": stats.get("source"),
         "expert": expert.describe(),
         "amateur": amateur.describe(),
         "compared_vocab": vocab,
-        **summary,
+        **{k: v for k, v in summary.items() if k != "counts"},
         "timings": {"per_rank": all_timings,
                     "generation_s": round(sum(t.get("generation", 0) for t in all_timings), 3),
                     "scoring_s": round(sum(t.get("scoring", 0) for t in all_timings), 3),
                     "wall_s": round(max(t.get("total", 0) for t in all_timings), 3)},
-        "environment": environment_info(),
-    }
-    write_json(mpath, manifest)
+    })
     c = summary["counts"]
     logger.info("wrote %s: %d problems, %d/%d steps kept (%.1f%%), mean plausible set %.2f", output,
                 c["problems"], c["kept_steps"], c["steps"], 100 * c["kept_fraction"],

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import option, resolve, to_dict
+from .config import flag, option, resolve, to_dict
 from .embedded import DEFAULT_EXPERT
 from .problems import Problem, load_problems
 from .sample import DEFAULT_SYSTEM_PROMPT, build_prompt_ids
@@ -39,9 +39,10 @@ class SFTConfig:
     example: lightreasoner sft --data ../shared/data/gsm8k_train.jsonl --max-problems 128 --output runs/sft
     """
 
-    output: str = option(help="output folder")
-    expert: str = option(DEFAULT_EXPERT, "expert model (same forms as in sample)")
-    data: str | None = option(None, "problems with reference answers (GSM8K form); none = built-in generator")
+    output: str = option(help="output folder", result=False)
+    expert: str = option(DEFAULT_EXPERT, "expert model (same forms as in sample)", run_sets=True)
+    data: str = option("gsm8k", "problems with reference answers (GSM8K form): file, folder, hub id, gsm8k (the "
+                                "shipped GSM8K train set) or generated", run_sets=True)
     split: str = option("train", "split to read from a folder or hub dataset")
     question_field: str = option("question", "field holding the question")
     answer_field: str = option("answer", "field holding the reference answer (text after #### is used)")
@@ -54,7 +55,7 @@ class SFTConfig:
     temperature: float = option(0.7, "sampling temperature")
     max_new_tokens: int = option(512, "longest solution, in tokens")
     batch_size: int = option(32, "sequences decoded together (continuous batching)")
-    seed: int = option(0, "sampling seed")
+    seed: int = option(0, "sampling seed", run_sets=True)
     steps_per_update: int = option(2048, "completion tokens per optimizer update")
     max_steps: int = option(1000, "optimizer updates (ignored when --epochs is set)")
     epochs: float | None = option(2.0, "passes over the kept solutions")
@@ -67,16 +68,16 @@ class SFTConfig:
     lora_r: int = option(8, "LoRA rank")
     lora_alpha: float = option(16, "LoRA alpha")
     lora_targets: tuple[str, ...] = option(("q_proj", "v_proj"), "LoRA target modules")
-    dtype: str = option("auto", "model dtype", choices=("auto", "float32", "bfloat16", "float16"))
-    device: str | None = option(None, "device (default: cuda if available, else cpu)")
-    progress: bool = option(True, "show progress bars")
+    dtype: str = option("auto", "model dtype", choices=("auto", "float32", "bfloat16", "float16"), run_sets=True)
+    device: str | None = option(None, "device (default: cuda if available, else cpu)", run_sets=True, result=False)
+    progress: bool = option(True, "show progress bars", result=False)
 
     def validate(self) -> list[str]:
         errs = []
         if self.samples_per_problem < 1:
-            errs.append(f"--samples-per-problem must be >= 1, got {self.samples_per_problem}")
+            errs.append(f"{flag('samples_per_problem')} must be >= 1, got {self.samples_per_problem}")
         if self.temperature <= 0:
-            errs.append(f"--temperature must be > 0 for sampling, got {self.temperature}")
+            errs.append(f"{flag('temperature')} must be > 0 for sampling, got {self.temperature}")
         return errs
 
 

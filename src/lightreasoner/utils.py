@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import logging
 import os
 import platform
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -94,7 +96,7 @@ def iter_jsonl(path: str | Path, *, skip_bad: bool = False, stats: dict | None =
     """Yield ``(line_number, object)`` for each non-blank line; a malformed line (bad JSON or not UTF-8) raises
     :class:`InputError` naming the file and line, or (``skip_bad``) is skipped and counted in
     ``stats['bad_rows']``."""
-    with open(path, "rb") as fh:
+    with (gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")) as fh:
         for n, raw in enumerate(fh, 1):
             try:
                 line = _decode(raw, path, n)
@@ -167,6 +169,19 @@ def truncate_torn_tail(path: str | Path) -> None:
             fh.write(b"\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".gz", ".gguf", ".safetensors", ".bin", ".csv", ".txt", ".yaml")
+
+
+def looks_like_hub_id(spec: str, *, need_org: bool = False) -> bool:
+    """Whether a spec that exists nowhere on disk was meant as a hub id (``name`` or ``org/name``) rather than a
+    mistyped local path: not path-like (``./``, ``/``, ``~``, deeper folders, file suffixes) and not under a
+    folder that exists here (``runs/merged`` with a ``runs/``)."""
+    p = Path(spec).expanduser()
+    return (bool(_HUB_ID.match(spec)) and (not need_org or "/" in spec) and not spec.lower().endswith(_FILE_SUFFIXES)
+            and not (len(p.parts) > 1 and p.parent.is_dir()))
 
 
 class JsonlAppender:
