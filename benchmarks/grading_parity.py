@@ -49,6 +49,13 @@ Run (this interpreter must import ``lightreasoner``; prefix ``PYTHONPATH=<checko
     python benchmarks/grading_parity.py --toolkit /tmp/qwen_toolkit/evaluation \\
         --python /tmp/toolkit_venv/bin/python --out benchmarks/grading_parity.json --label before
 
+The recorded "before" graded commit 58da1dc's grader from a clean worktree (the checkout was being edited)::
+
+    git -C /work/main worktree add /tmp/grading_before 58da1dc
+    PYTHONPATH=/tmp/grading_before/src python benchmarks/grading_parity.py ... --label before
+
+About 6 minutes on 2 busy cores for ~8000 pairs (toolkit ~3.5 min, ours ~2.5 min, one process per side, in turn).
+
 Not reproduced: the toolkit's tool-call continuation (a completion without ``boxed`` that ends in three backticks
 would be sent back to the model); such pairs are counted (``tool_call_branch``) but graded as final.
 """
@@ -494,9 +501,23 @@ def build_corpus(seed: int, rows_per_bench: int, variants_per_row: int, runs_glo
 # Our side, comparison, report
 # ------------------------------------------------------------------------------------------------------------------
 
-def run_ours(pairs: list[dict]) -> tuple[dict, float, str]:
+def grader_provenance(grading_file: str) -> dict:
+    """Which grader was measured: its file, content hash and the git state of the checkout it lives in."""
+    root = Path(grading_file).resolve().parent.parent.parent  # <checkout>/src/lightreasoner/grading.py
+    rel = os.path.relpath(Path(grading_file).resolve(), root)
+
+    def g(*a):
+        return subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True).stdout.strip()
+
+    return {"grading_py": grading_file, "grading_sha256_16": sha256_file(grading_file), "checkout": str(root),
+            "checkout_head": g("rev-parse", "--short", "HEAD"),
+            "grading_py_differs_from_checkout_head": bool(g("diff", "--name-only", "HEAD", "--", rel))}
+
+
+def run_ours(pairs: list[dict]) -> tuple[dict, float, dict]:
     from lightreasoner import grading
 
+    prov = grader_provenance(grading.__file__)  # taken at import time: the checkout may be edited meanwhile
     out: dict[int, dict] = {}
     t0 = time.time()
     by_bench = defaultdict(list)
@@ -507,7 +528,11 @@ def run_ours(pairs: list[dict]) -> tuple[dict, float, str]:
                                      [p["completion"] for p in group], progress=False)
         for p, r in zip(group, results):
             out[p["pid"]] = {"pred": r.pred, "gold": r.gold, "correct": bool(r.correct), "error": r.error}
-    return out, time.time() - t0, grading.__file__
+    seconds = time.time() - t0
+    prov["grading_py_changed_during_run"] = sha256_file(grading.__file__) != prov["grading_sha256_16"]
+    if prov["grading_py_changed_during_run"]:
+        print("WARNING: grading.py changed on disk during the run (the imported version was measured)")
+    return out, seconds, prov
 
 
 def run_toolkit(python: str, toolkit: str, corpus_path: str) -> tuple[dict, dict, float]:
@@ -600,13 +625,6 @@ def compare(pairs, tk, ours) -> dict:
     return {"per_benchmark": per, "disagreeing_tags": tags, "toolkit_crashes": crashes}
 
 
-def git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return ""
-
-
 def sha256_file(path: str) -> str | None:
     try:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
@@ -674,19 +692,14 @@ def main() -> None:
 
     tk, tk_meta, tk_wall = run_toolkit(args.python, args.toolkit, args.corpus)
     print(f"toolkit: {tk_wall:.0f}s, {tk_meta['timeouts']} timeouts", flush=True)
-    ours, ours_s, grading_file = run_ours(pairs)
-    print(f"ours: {ours_s:.0f}s ({grading_file})", flush=True)
+    ours, ours_s, prov = run_ours(pairs)
+    print(f"ours: {ours_s:.0f}s ({prov})", flush=True)
 
     result = compare(pairs, tk, ours)
-    head = git("rev-parse", "--short", "HEAD")
     result.update({
         "label": args.label,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "ours": {"grading_py": grading_file, "grading_sha256_16": sha256_file(grading_file),
-                 "repo_head": head,
-                 "grading_py_differs_from_head": bool(git("diff", "--name-only", "HEAD", "--",
-                                                          "src/lightreasoner/grading.py"))
-                 if Path(grading_file).resolve() == (REPO / "src/lightreasoner/grading.py").resolve() else None},
+        "ours": prov,
         "toolkit": {"dir": os.path.abspath(args.toolkit), "commit": args.toolkit_commit, "python": args.python,
                     "grader_sha256_16": sha256_file(os.path.join(args.toolkit, "grader.py")),
                     "parser_sha256_16": sha256_file(os.path.join(args.toolkit, "parser.py"))},
