@@ -14,9 +14,14 @@ folder ``evaluation/``, snapshot a45202b). The pipeline for one (example, comple
    process; one that needs the symbolic step (sympy) runs whole in one reused worker process with a per-comparison
    timeout (3 s, as the toolkit's pebble pool), so a pathological answer costs at most the timeout and is wrong.
 
-Model text is never ``eval``-ed: sympy's ``parse_expr`` (which evaluates Python) only sees strings that passed a
-token-level check (no strings, attribute access, underscores, keywords or unsafe callables), and only inside the
-worker, which also runs under an address-space limit.
+Hostile text. No model or file text ever reaches ``eval``/``exec``/``sympify``/``parse_expr``: where the toolkit
+calls sympy's ``parse_expr`` (which ``eval``-s), a whitelisted walk over the answer's ``ast`` builds the same sympy
+object (:func:`_parse_python`; anything off the whitelist is refused and the next parser tried), the two LaTeX
+parsers get a ``sympy.Number`` that reads number tokens the same way instead of via ``sympify``
+(:func:`_guard_latex_parsers`), and a side no parser read is only compared as a string. The worker also runs
+under an address-space limit. Grading one answer is bounded as a whole: every cleaning regex is linear, a
+completion longer than ``INPROCESS_MAX_CHARS`` is graded whole (cleaning, extraction, all rules) in the worker
+under the timeout, and text longer than ``MAX_TEXT_CHARS`` is not graded (wrong, with the reason in ``error``).
 
 Dependencies: sympy, latex2sympy2_extended (installed with math-verify; stands in for the toolkit's bundled
 latex2sympy2 1.9.0), antlr4-python3-runtime (sympy's ``parse_latex`` wants 4.11; with another 4.x runtime we drive
@@ -25,11 +30,13 @@ sympy's own generated 4.11 parser directly, which the runtime accepts), word2num
 
 from __future__ import annotations
 
+import ast
 import atexit
 import functools
 import json
 import logging
 import math
+import operator
 import os
 import re
 import subprocess
@@ -362,39 +369,62 @@ def extract_prediction(benchmark: str, completion: str) -> str | None:
 # Questions and golds
 # ---------------------------------------------------------------------------------------------------------------
 
-def _first_pass_gold(rules: str, example: dict) -> str:
-    """``parse_ground_truth`` on a raw row (the gold the toolkit stores, and uses for the MC repair)."""
+def _gold_field(rules: str, example: dict) -> Any:
+    """The row's raw gold, before any normalisation: the solution text (math, minerva_math), the text after
+    ``####`` (gsm8k), the answer letter (mmlu_stem), else the dataset's answer field. Cheap on any row."""
     if rules in ("math", "minerva_math"):
-        gold = extract_answer(example["solution"], rules)
-    elif rules == "gsm8k":
-        gold = example["answer"].split("####")[1]
-    elif rules == "svamp":
-        gold = example["Answer"]
+        return example["solution"]
+    if rules == "gsm8k":
+        return example["answer"].split("####")[1]
+    if rules == "svamp":
+        return example["Answer"]
+    if rules == "asdiv":
+        return example["answer"]
+    if rules == "mawps":
+        return example["target"]
+    if rules == "mmlu_stem":
+        return "ABCD"[example["answer"]]
+    if rules == "olympiadbench":
+        return example["final_answer"][0]
+    raise ValueError(rules)  # pragma: no cover - _rules_for guards this
+
+
+def _first_pass_from_field(rules: str, field: Any) -> str:
+    """``parse_ground_truth`` given the raw gold (the gold the toolkit stores, and uses for the MC repair)."""
+    if rules in ("math", "minerva_math"):
+        gold = extract_answer(field, rules)
     elif rules == "asdiv":
-        gold = _sub_bounded(_PARENTHESISED, "", example["answer"], ")")
-    elif rules == "mawps":
-        gold = example["target"]
-    elif rules == "mmlu_stem":
-        gold = "ABCD"[example["answer"]]
+        gold = _sub_bounded(_PARENTHESISED, "", field, ")")
     elif rules == "olympiadbench":
-        gold = example["final_answer"][0].strip("$")
-    else:  # pragma: no cover - _rules_for guards this
-        raise ValueError(rules)
+        gold = field.strip("$")
+    else:
+        gold = field
     if rules in SKIP_UNIT:
         return gold.replace("\\neq", "\\ne").replace("\\leq", "\\le").replace("\\geq", "\\ge")
     return strip_string(gold)
 
 
-def _gold_passes(rules: str, example: dict) -> tuple[str, str]:
-    """(first-pass gold, second-pass gold); the second is what ``math_equal`` compares against."""
-    first = _first_pass_gold(rules, example)
+def _first_pass_gold(rules: str, example: dict) -> str:
+    """``parse_ground_truth`` on a raw row."""
+    return _first_pass_from_field(rules, _gold_field(rules, example))
+
+
+def _gold_passes_from_field(rules: str, field: Any) -> tuple[str, str]:
+    """(first-pass gold, second-pass gold) given the raw gold; the second is what ``math_equal`` compares
+    against."""
+    first = _first_pass_from_field(rules, field)
     if rules == "math":
-        second = extract_answer(str(example["solution"]).strip(), rules)
+        second = extract_answer(str(field).strip(), rules)
     elif rules in SKIP_UNIT:
         second = first
     else:
         second = strip_string(first)
     return first, second
+
+
+def _gold_passes(rules: str, example: dict) -> tuple[str, str]:
+    """(first-pass gold, second-pass gold) of a raw row."""
+    return _gold_passes_from_field(rules, _gold_field(rules, example))
 
 
 def parse_gold(benchmark: str, example: dict) -> str:
@@ -574,20 +604,333 @@ def _math_equal(pred: str | None, gold: str | None, symbolic: Callable[[str, str
 # Symbolic comparison (runs only in the worker process)
 # ---------------------------------------------------------------------------------------------------------------
 
-_SAFE_BUILTINS = frozenset({"abs", "max", "min", "round", "pow", "divmod", "sum", "len"})
-_UNSAFE_SYMPY = frozenset({
-    "lambdify", "sympify", "preview", "var", "symbols", "init_printing", "init_session", "test", "doctest",
-    "source", "textplot", "interactive_traversal", "plot", "plot_implicit", "plot_parametric", "plot3d",
-    "plot3d_parametric_line", "plot3d_parametric_surface", "plot_backends", "print_python", "python"})
-_ALLOWED_KEYWORDS = frozenset({"True", "False", "None", "and", "or", "not"})
+# Python-syntax answers are read by a whitelisted walk over their ``ast`` (never ``eval``), in place of sympy's
+# ``parse_expr``. The result is the object ``parse_expr(text)`` (standard transformations, evaluate=True) gives:
+# numbers become Integer / Float-from-source-text, names on the list below become those sympy objects, any other
+# name a Symbol (or, called directly, an undefined Function), and operators apply Python's operators to them.
+# Everything else is refused, and the next parser is tried, as when parse_expr raised.
+
+_SAFE_SYMPY_NAMES = (
+    # constants
+    "pi", "E", "I", "oo", "zoo", "nan", "EulerGamma", "GoldenRatio", "Catalan", "true", "false",
+    # elementary and special functions
+    "sqrt", "cbrt", "root", "real_root", "exp", "log", "ln", "sin", "cos", "tan", "cot", "sec", "csc", "asin",
+    "acos", "atan", "acot", "asec", "acsc", "atan2", "sinh", "cosh", "tanh", "coth", "sech", "csch", "asinh",
+    "acosh", "atanh", "acoth", "asech", "acsch", "Abs", "sign", "floor", "ceiling", "frac", "re", "im", "arg",
+    "conjugate", "factorial", "factorial2", "binomial", "gamma", "beta", "zeta", "erf", "erfc", "gcd", "lcm",
+    "Max", "Min", "Mod", "fibonacci", "catalan", "harmonic",
+    # numbers, relations, sets, containers, calculus
+    "Rational", "Integer", "Float", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "Interval", "FiniteSet", "Union",
+    "Intersection", "Complement", "Tuple", "Matrix", "Sum", "Product", "Integral", "Derivative", "Limit", "diff",
+    "integrate", "limit",
+)
+_SAFE_BUILTIN_NAMES = ("abs", "round", "pow", "sum")  # parse_expr's namespace also maps max, min to Max, Min
+
+_BINARY_OPS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow, ast.MatMult: operator.matmul,
+    ast.LShift: operator.lshift, ast.RShift: operator.rshift, ast.BitOr: operator.or_, ast.BitXor: operator.xor,
+    ast.BitAnd: operator.and_}
+_UNARY_OPS: dict[type, Callable[[Any], Any]] = {
+    ast.UAdd: operator.pos, ast.USub: operator.neg, ast.Invert: operator.invert, ast.Not: operator.not_}
+_COMPARE_OPS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
+    ast.GtE: operator.ge}
+_ALLOWED_NODES = (ast.Expression, ast.Constant, ast.Name, ast.Load, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.And,
+                  ast.Or, ast.Compare, ast.Call, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.Subscript,
+                  *_BINARY_OPS, *_UNARY_OPS, *_COMPARE_OPS)
+# parse_expr's repeated-decimal notation 0.1[6] = 0.1666...: a decimal literal directly indexed by a digit literal
+_REPEATED_DECIMAL = re.compile(r"([\d_]*)\.([\d_]*)\s*\[\s*([\d_]+)\s*\]")
+
+
+class _Refused(ValueError):
+    """The text holds something the whitelisted reader does not build (the next parser is tried instead)."""
 
 
 @functools.lru_cache(maxsize=None)
-def _unsafe_builtin_names() -> frozenset[str]:
+def _parse_expr_names() -> frozenset[str]:
+    """The names sympy's ``parse_expr`` resolves to objects instead of symbols: its namespace (``from sympy import
+    *``, the builtin functions, ``max``/``min``) less what its ``auto_symbol`` still makes a Symbol."""
     import builtins
     import types
 
-    return frozenset(n for n, v in vars(builtins).items() if isinstance(v, types.BuiltinFunctionType)) - _SAFE_BUILTINS
+    import sympy
+    from sympy.assumptions.ask import AssumptionKeys
+
+    namespace = {name: getattr(sympy, name) for name in sympy.__all__}
+    namespace.update((n, v) for n, v in vars(builtins).items() if isinstance(v, types.BuiltinFunctionType))
+    return frozenset({"max", "min"} | {n for n, v in namespace.items()
+                                       if isinstance(v, (AssumptionKeys, sympy.Basic, type)) or callable(v)})
+
+
+@functools.lru_cache(maxsize=None)
+def _safe_names() -> dict[str, Any]:
+    """name -> the object ``parse_expr`` resolves it to, for the whitelisted names only."""
+    import builtins
+
+    import sympy
+
+    table = {name: getattr(sympy, name) for name in _SAFE_SYMPY_NAMES}
+    table.update((name, getattr(builtins, name)) for name in _SAFE_BUILTIN_NAMES)
+    table.update(max=sympy.Max, min=sympy.Min)
+    return table
+
+
+class _Source:
+    """The text being read, for the source of a node (``ast`` offsets count UTF-8 bytes within a line)."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = [line.encode("utf-8") for line in re.split(r"\r\n|\r|\n", text)]
+
+    def segment(self, node: ast.expr) -> str:
+        if node.lineno != node.end_lineno:
+            raise _Refused("a token spanning lines")
+        return self.lines[node.lineno - 1][node.col_offset:node.end_col_offset].decode("utf-8")
+
+    def followed_by_paren(self, node: ast.expr) -> bool:
+        """Whether the next token after ``node`` on its line is ``(`` (parse_expr then reads a name as a function)."""
+        return self.lines[node.end_lineno - 1][node.end_col_offset:].lstrip(b" \t\x0c").startswith(b"(")
+
+
+def _repeated_decimal_parts(node: ast.Subscript, source: _Source) -> tuple[str, str, str] | None:
+    """(integer part, decimals, repetend) when ``node`` is written like ``0.1[6]``, else ``None``."""
+    if not (isinstance(node.value, ast.Constant) and type(node.value.value) is float
+            and isinstance(node.slice, ast.Constant) and type(node.slice.value) is int):
+        return None
+    match = _REPEATED_DECIMAL.fullmatch(source.segment(node))
+    return match.groups() if match else None
+
+
+def _check_python_tree(tree: ast.Expression, source: _Source) -> None:
+    """Raise :class:`_Refused` unless every node of ``tree`` is one the reader builds: numbers, names (a
+    non-sympy-object callable only where it is called), operators, comparisons, calls by name with positional
+    arguments, tuples, lists, sets, dicts and repeated decimals. No attribute, string, lambda, comprehension,
+    keyword argument, star, slice or other subscript, conditional or assignment gets through."""
+    resolved, safe = _parse_expr_names(), _safe_names()
+    called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    for node in ast.walk(tree):
+        if not isinstance(node, _ALLOWED_NODES):
+            raise _Refused(f"{type(node).__name__} is not read")
+        if isinstance(node, ast.Constant) and type(node.value) not in (int, float, bool, type(None)):
+            raise _Refused(f"a {type(node.value).__name__} constant is not read")
+        elif isinstance(node, ast.Name):
+            if node.id in resolved and node.id not in safe:
+                raise _Refused(f"{node.id!r} is not a whitelisted name")
+            if node.id in safe and callable(safe[node.id]) and not _is_sympy_object(safe[node.id]) \
+                    and id(node) not in called:
+                raise _Refused(f"{node.id!r} is only read when called")
+        elif isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.keywords:
+                raise _Refused("only calls of a name with positional arguments are read")
+        elif isinstance(node, ast.Dict) and any(key is None for key in node.keys):
+            raise _Refused("dict unpacking is not read")
+        elif isinstance(node, ast.Subscript) and _repeated_decimal_parts(node, source) is None:
+            raise _Refused("subscripts are not read (other than repeated decimals like 0.1[6])")
+
+
+def _is_sympy_object(value: Any) -> bool:
+    from sympy import Basic
+    from sympy.matrices import MatrixBase
+
+    return isinstance(value, (Basic, MatrixBase))
+
+
+def _build_number(node: ast.Constant, source: _Source) -> Any:
+    """parse_expr's ``auto_number``: an int literal -> Integer, a float literal -> Float of its source text;
+    True/False/None stay Python values."""
+    from sympy import Float, Integer
+
+    if type(node.value) is int:
+        return Integer(node.value)
+    if type(node.value) is float:
+        return Float(source.segment(node))
+    return node.value
+
+
+def _build_repeated_decimal(node: ast.Subscript, source: _Source) -> Any:
+    """parse_expr's ``repeated_decimals``: ``a.b[r]`` = a + b/10^len(b) + r/(9...9 0...0)."""
+    from sympy import Integer, Rational
+
+    whole, decimals, repetend = (part.replace("_", "") for part in _repeated_decimal_parts(node, source))
+    if not repetend.lstrip("0"):
+        raise _Refused("an all-zero repetend")  # parse_expr's rewrite is a syntax error there
+    zeros = "0" * len(decimals)
+    return (Integer(int(whole or "0")) + Rational(int(decimals or "0"), int("1" + zeros))
+            + Rational(int(repetend), int("9" * len(repetend) + zeros)))
+
+
+def _build_callee(node: ast.Call, source: _Source) -> Any:
+    """The object a called name stands for: a whitelisted one, or (parse_expr's ``auto_symbol``) an undefined
+    Function when the name is directly followed by ``(``, else a Symbol (which cannot be called)."""
+    from sympy import Function, Symbol
+
+    name = node.func.id
+    safe = _safe_names()
+    if name in safe:
+        return safe[name]
+    return Function(name) if source.followed_by_paren(node.func) else Symbol(name)
+
+
+def _build_compare(node: ast.Compare, source: _Source) -> Any:
+    """Python's chained comparison (``a < b < c`` is ``a < b and b < c``) on the built values."""
+    left = _build_python(node.left, source)
+    result: Any = True
+    for op, comparator in zip(node.ops, node.comparators):
+        right = _build_python(comparator, source)
+        result = _COMPARE_OPS[type(op)](left, right)
+        if len(node.ops) > 1 and not result:
+            return result
+        left = right
+    return result
+
+
+def _build_bool_op(node: ast.BoolOp, source: _Source) -> Any:
+    """Python's ``and`` / ``or`` (short-circuit, returning an operand)."""
+    value: Any = None
+    for operand in node.values:
+        value = _build_python(operand, source)
+        if bool(value) == isinstance(node.op, ast.Or):
+            return value
+    return value
+
+
+def _build_python(node: ast.AST, source: _Source) -> Any:
+    """The value of a node of a tree that passed :func:`_check_python_tree`."""
+    if isinstance(node, ast.Expression):
+        return _build_python(node.body, source)
+    if isinstance(node, ast.Constant):
+        return _build_number(node, source)
+    if isinstance(node, ast.Name):
+        safe = _safe_names()
+        if node.id in safe:
+            return safe[node.id]
+        from sympy import Symbol
+
+        return Symbol(node.id)
+    if isinstance(node, ast.BinOp):
+        return _BINARY_OPS[type(node.op)](_build_python(node.left, source), _build_python(node.right, source))
+    if isinstance(node, ast.UnaryOp):
+        return _UNARY_OPS[type(node.op)](_build_python(node.operand, source))
+    if isinstance(node, ast.BoolOp):
+        return _build_bool_op(node, source)
+    if isinstance(node, ast.Compare):
+        return _build_compare(node, source)
+    if isinstance(node, ast.Call):
+        function = _build_callee(node, source)
+        value = function(*[_build_python(arg, source) for arg in node.args])
+        if isinstance(value, (str, bytes)):
+            raise _Refused("a call gave a string")
+        return value
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        items = [_build_python(e, source) for e in node.elts]
+        return {ast.Tuple: tuple, ast.List: list, ast.Set: set}[type(node)](items)
+    if isinstance(node, ast.Dict):
+        return {_build_python(k, source): _build_python(v, source) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, ast.Subscript):
+        return _build_repeated_decimal(node, source)
+    raise _Refused(f"{type(node).__name__} is not read")  # pragma: no cover - _check_python_tree refuses it first
+
+
+def _read_python_tree(text: str) -> tuple[ast.Expression, _Source]:
+    """The checked ``ast`` of ``text`` (stripped, as parse_expr does) and its source; raises on anything else."""
+    text = text.strip()
+    if "!" in text.replace("!=", ""):
+        raise _Refused("factorial notation is not read")  # parse_expr's "5!"; the LaTeX parsers read it
+    source = _Source(text)
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
+        raise _Refused(f"not a Python expression ({type(e).__name__})") from None
+    _check_python_tree(tree, source)
+    return tree, source
+
+
+def _parse_python(text: str) -> Any:
+    """``parse_expr(text)`` without ``eval``: the whitelisted reading of a Python-syntax answer (see above).
+
+    Raises :class:`_Refused` (or whatever sympy raises while building) where ``parse_expr`` would have been asked
+    for anything outside the whitelist; the result holds no Python string anywhere.
+    """
+    tree, source = _read_python_tree(text)
+    return _build_python(tree, source)
+
+
+def _is_safe_python_expression(text: str) -> bool:
+    """Whether ``text`` passes the reader's whitelist (a static check: nothing is built)."""
+    try:
+        _read_python_tree(text)
+    except _Refused:
+        return False
+    return True
+
+
+def _safe_number(*obj: Any) -> Any:
+    """``sympy.Number(*obj)``, except that a string is read by :func:`_parse_python` (with sympify's ``^`` -> ``**``)
+    instead of ``sympify``, which ``eval``-s. Same results for every string the reader reads; the others raise."""
+    from sympy import Number
+
+    if len(obj) != 1 or not isinstance(obj[0], str) or obj[0].lower() in ("nan", "inf", "+inf", "-inf"):
+        return Number(*obj)
+    value = _parse_python(obj[0].replace("\n", "").replace("^", "**"))
+    if not isinstance(value, Number):
+        raise ValueError(f'String "{obj[0]}" does not denote a Number')
+    return value
+
+
+class _SafeNumberType(type):
+    """Metaclass of :class:`_SafeNumber`: calls go to :func:`_safe_number`, type checks to ``sympy.Number``."""
+
+    def __call__(cls, *obj: Any) -> Any:
+        return _safe_number(*obj)
+
+    def __instancecheck__(cls, value: Any) -> bool:
+        from sympy import Number
+
+        return isinstance(value, Number)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        from sympy import Number
+
+        return issubclass(sub, Number)
+
+
+class _SafeNumber(metaclass=_SafeNumberType):
+    """Stands in for ``sympy.Number`` inside the LaTeX parsers (see :func:`_guard_latex_parsers`)."""
+
+
+class _SympyWithSafeNumber:
+    """The ``sympy`` module as the LaTeX parsers see it: every attribute is sympy's, but ``Number`` is
+    :class:`_SafeNumber`."""
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        return _SafeNumber if name == "Number" else getattr(self._module, name)
+
+
+@functools.lru_cache(maxsize=None)
+def _guard_latex_parsers() -> None:
+    """Close the one path from LaTeX text to ``eval`` inside the two LaTeX parsers (installed once per process).
+
+    sympy's ``_parse_latex_antlr`` (``convert_number``, ``convert_frac``'s ``\\\\frac12`` digits) and
+    latex2sympy2_extended (``parse_number`` for numbers, percentages and E-notation, and ``convert_number`` for a
+    whole input like ``1,234.5``) build numbers with ``sympy.Number(token_text)``, and ``Number`` of a string calls
+    ``sympify``, i.e. ``parse_expr``, i.e. ``eval``. The lexers only let digits, separators and exponents into those
+    tokens, but the text is still the model's, so both modules get a ``sympy`` (and latex2sympy2 a ``Number``) whose
+    ``Number`` reads strings with :func:`_parse_python`. Nothing else in either module turns input text into
+    objects other than through antlr, ``Symbol``/``Function`` names, ``Rational``/``Integer`` of Python numbers
+    and their own recursive parse; latex2sympy2's ``parse_expr`` call only reads ``variable_values``, which we never
+    pass.
+    """
+    import sympy
+    from latex2sympy2_extended import latex2sympy2
+    from sympy.parsing.latex import _parse_latex_antlr
+
+    view = _SympyWithSafeNumber(sympy)
+    _parse_latex_antlr.sympy = view
+    latex2sympy2.sympy = view
+    latex2sympy2.Number = _SafeNumber
 
 
 @functools.lru_cache(maxsize=None)
@@ -600,39 +943,10 @@ def _antlr_is_411() -> bool:
         return False
 
 
-def _is_safe_python_expression(text: str) -> bool:
-    """Whether ``parse_expr`` (which ``eval``-s) may see ``text``: a token-level allow check.
-
-    Rejected: string literals, attribute access, names starting with ``_``, keywords other than True/False/None/
-    and/or/not, ``:=``, Python builtins that are not plain arithmetic, and sympy helpers that evaluate strings, run
-    programs or write files. Numbers, operators, brackets and other names (which sympy turns into symbols) pass.
-    """
-    import io
-    import keyword
-    import tokenize
-
-    unsafe_builtins = _unsafe_builtin_names()
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
-    except (tokenize.TokenError, SyntaxError, ValueError):
-        return False
-    for tok in tokens:
-        if tok.type == tokenize.STRING or tokenize.tok_name.get(tok.type, "").startswith("FSTRING"):
-            return False
-        if tok.type == tokenize.OP and tok.string in (".", ":="):
-            return False
-        if tok.type == tokenize.NAME:
-            name = tok.string
-            if name.startswith("_") or name in unsafe_builtins or name in _UNSAFE_SYMPY:
-                return False
-            if keyword.iskeyword(name) and name not in _ALLOWED_KEYWORDS:
-                return False
-    return True
-
-
 def _sympy_parse_latex(text: str):
     """sympy's ``parse_latex`` (non-strict). With an antlr runtime other than 4.11 (sympy refuses it by version
     string) the same generated parser is driven directly, which the 4.x runtime runs unchanged."""
+    _guard_latex_parsers()
     if _antlr_is_411():
         from sympy.parsing.latex import parse_latex
 
@@ -653,15 +967,8 @@ def _sympy_parse_latex(text: str):
     return impl.convert_relation(parser.math().relation())
 
 
-def _sympy_parse_expr(text: str):
-    from sympy.parsing.sympy_parser import parse_expr
-
-    if not _is_safe_python_expression(text):
-        raise ValueError("refused: not a plain arithmetic expression")
-    return parse_expr(text)
-
-
 def _latex2sympy(text: str):
+    _guard_latex_parsers()
     from latex2sympy2_extended.latex2sympy2 import ConversionConfig, latex2sympy
 
     # No math-verify normalisation; no mixed fractions or lower-casing (closer to the toolkit's latex2sympy2 1.9).
@@ -670,29 +977,37 @@ def _latex2sympy(text: str):
 
 
 def _parse_symbolic(text: str):
-    """First parser that succeeds (each tried with ``\\\\`` -> ``\\`` first, then on the raw text), else the text."""
-    for parse in (_sympy_parse_latex, _sympy_parse_expr, _latex2sympy):
+    """First parser that succeeds (each tried with ``\\\\\\\\`` -> ``\\\\`` first, then on the raw text), else the text.
+
+    The toolkit's chain is parse_latex, parse_expr, latex2sympy; :func:`_parse_python` stands in for parse_expr.
+    A parser's result is never a Python string (a string result would count as a failure)."""
+    for parse in (_sympy_parse_latex, _parse_python, _latex2sympy):
         for candidate in (text.replace("\\\\", "\\"), text):
             try:
-                return parse(candidate)
+                value = parse(candidate)
             except Exception:
-                pass
+                continue
+            if not isinstance(value, str):
+                return value
     return text
 
 
 def _symbolic_equal(a: str, b: str) -> bool:
     """The toolkit's ``symbolic_equal``. A side no parser understood stays a string; the toolkit would then hand it
-    to sympify (which ``eval``-s), so with a string side only the direct comparison is made."""
+    to sympify (``a.equals(b)``, ``N(b)``: ``eval``), so with a string side only the string forms are compared.
+    No sympy call below ever receives a Python string. (sympy still sympifies text of its own making: inside
+    ``equals``/``simplify``, ``nsimplify`` reads the formula ``mpmath.identify`` writes for a float, made of
+    digits, operators and constant names, never of answer text.)"""
     from sympy import N, simplify
 
     a, b = _parse_symbolic(a), _parse_symbolic(b)
+    if isinstance(a, str) or isinstance(b, str):
+        return str(a) == str(b)
     try:
         if str(a) == str(b) or a == b:
             return True
     except Exception:
         pass
-    if isinstance(a, str) or isinstance(b, str):
-        return False
     try:
         if a.equals(b) or simplify(a - b) == 0:
             return True
@@ -719,13 +1034,29 @@ def _symbolic_equal(a: str, b: str) -> bool:
 
 WORKER_MEMORY_BYTES = 4 << 30  # address-space cap of the worker process
 WORKER_START_TIMEOUT = 120.0  # seconds allowed for the worker to import sympy and warm up
+# Bounds on grading one answer. A completion (plus its raw gold) longer than INPROCESS_MAX_CHARS is graded whole
+# (cleaning, extraction, every rule) in the worker under the timeout; the cheap in-process path only ever sees
+# shorter text, on which every step is linear. Text longer than MAX_TEXT_CHARS (some 50 times the longest
+# 2048-token completion) is not graded at all: wrong, with the reason.
+INPROCESS_MAX_CHARS = 20_000
+MAX_TEXT_CHARS = 400_000
+
+
+def _worker_reply(request: dict) -> dict:
+    """The worker's answer to one request: ``{"pred", "gold"}`` -> ``{"ok"}`` (the full ``math_equal``), or
+    ``{"rules", "gold", "completion"}`` (``gold``: the raw gold field) -> ``{"pred", "gold", "ok"}`` (the whole
+    grading of one answer)."""
+    if "completion" in request:
+        pred, _, gold = _prepare_from_field(request["rules"], request["gold"], request["completion"])
+        return {"pred": pred, "gold": gold, "ok": bool(_math_equal(pred, gold, _symbolic_equal))}
+    return {"ok": bool(_math_equal(request["pred"], request["gold"], _symbolic_equal))}
 
 
 def _serve_symbolic() -> None:
-    """The worker's main loop: one JSON request ``{"pred", "gold"}`` per stdin line, one JSON reply
-    ``{"ok": bool}`` or ``{"error": str}`` per line on the original stdout (sys.stdout itself goes to /dev/null,
-    since antlr prints version notices there). Starts by capping its memory and warming up the parsers, then
-    announces ``{"ready": true}``, so that no comparison's timeout pays for imports."""
+    """The worker's main loop: one JSON request per stdin line (see :func:`_worker_reply`), one JSON reply, or
+    ``{"error": str}``, per line on the original stdout (sys.stdout itself goes to /dev/null, since antlr prints
+    version notices there). Starts by capping its memory and warming up the parsers, then announces
+    ``{"ready": true}``, so that no request's timeout pays for imports."""
     import sys
     import warnings
 
@@ -742,12 +1073,12 @@ def _serve_symbolic() -> None:
         pass
     _symbolic_equal("\\frac{1}{2}", "0.5")
     _symbolic_equal("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "x^2")
+    _symbolic_equal("2*x**2", "x**2+x**2")
     protocol.write('{"ready": true}\n')
     protocol.flush()
     for line in sys.stdin:
         try:
-            request = json.loads(line)
-            reply = {"ok": bool(_math_equal(request["pred"], request["gold"], _symbolic_equal))}
+            reply = _worker_reply(json.loads(line))
         except Exception as e:  # noqa: BLE001 - MemoryError and RecursionError included: a wrong answer
             reply = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
         protocol.write(json.dumps(reply) + "\n")
@@ -755,10 +1086,10 @@ def _serve_symbolic() -> None:
 
 
 class _SymbolicWorker:
-    """A long-lived worker process for the symbolic step (started on first use, reused across calls, killed and
-    restarted after a timeout or a crash). A plain subprocess running :func:`_serve_symbolic`, talking JSON lines
-    over pipes: no fork of the (possibly multi-threaded, torch-loaded) parent, no pickling, no main-module
-    re-import."""
+    """A long-lived worker process for the symbolic step and for over-long answers (started on first use, reused
+    across calls, killed and restarted after a timeout or a crash). A plain subprocess running
+    :func:`_serve_symbolic`, talking JSON lines over pipes: no fork of the (possibly multi-threaded, torch-loaded)
+    parent, no pickling, no main-module re-import."""
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen | None = None
@@ -790,15 +1121,17 @@ class _SymbolicWorker:
 
         fd = self._proc.stdout.fileno()
         deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
+        chunks = [self._buffer]
+        while b"\n" not in chunks[-1]:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                self._buffer = b"".join(chunks)
                 raise TimeoutError
             chunk = os.read(fd, 1 << 16)
             if not chunk:
                 raise EOFError
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
+            chunks.append(chunk)
+        line, _, self._buffer = b"".join(chunks).partition(b"\n")
         return line
 
     def _kill(self) -> None:
@@ -812,9 +1145,9 @@ class _SymbolicWorker:
                     pass
             self._proc = None
 
-    def compare(self, pred: str, gold: str, timeout: float) -> tuple[bool, str | None]:
-        """(verdict, error) of the full ``math_equal`` in the worker; the timeout starts when the request is sent
-        to the idle, warmed-up worker. A timeout or a dead worker is a wrong answer with the reason."""
+    def _ask(self, request: dict, timeout: float, task: str) -> tuple[dict | None, str | None]:
+        """(reply, None) or (None, reason) for one request; the timeout starts when the request has been sent to
+        the idle, warmed-up worker. A timeout or a dead worker gives the reason (``task`` names the work)."""
         with self._lock:
             if self._owner != os.getpid():
                 self._proc, self._owner = None, os.getpid()
@@ -822,23 +1155,38 @@ class _SymbolicWorker:
                 if self._proc is None or self._proc.poll() is not None:
                     self._kill()
                     self._start()
-                self._proc.stdin.write(json.dumps({"pred": pred, "gold": gold}).encode("ascii") + b"\n")
+                self._proc.stdin.write(json.dumps(request).encode("ascii") + b"\n")
                 self._proc.stdin.flush()
                 reply = json.loads(self._read_line(timeout))
             except TimeoutError:
-                logger.debug("symbolic comparison timed out after %gs; restarting the worker", timeout)
+                logger.debug("%s timed out after %gs; restarting the worker", task, timeout)
                 self._kill()
-                return False, f"timeout: the symbolic comparison took more than {timeout:g}s"
+                return None, f"timeout: {task} took more than {timeout:g}s"
             except (EOFError, OSError, ValueError) as e:
                 logger.warning("the symbolic worker died (%s); it will be restarted", type(e).__name__)
                 self._kill()
-                return False, f"the symbolic worker died ({type(e).__name__})"
+                return None, f"the symbolic worker died ({type(e).__name__})"
             except RuntimeError as e:
                 logger.warning("%s", e)
-                return False, str(e)
+                return None, str(e)
         if "error" in reply:
-            return False, f"symbolic comparison failed: {reply['error']}"
-        return bool(reply["ok"]), None
+            return None, f"{task} failed: {reply['error']}"
+        return reply, None
+
+    def compare(self, pred: str, gold: str, timeout: float) -> tuple[bool, str | None]:
+        """(verdict, error) of the full ``math_equal`` in the worker; a timeout is a wrong answer with the
+        reason."""
+        reply, error = self._ask({"pred": pred, "gold": gold}, timeout, "the symbolic comparison")
+        return (False, error) if reply is None else (bool(reply["ok"]), None)
+
+    def grade(self, rules: str, gold_field: str, completion: str, timeout: float) -> GradeResult:
+        """The whole grading of one answer in the worker (``gold_field``: the raw gold as text); a timeout is a
+        wrong answer with the reason."""
+        request = {"rules": rules, "gold": gold_field, "completion": completion}
+        reply, error = self._ask(request, timeout, f"grading this answer ({len(completion)} characters)")
+        if reply is None:
+            return GradeResult(None, "", False, error)
+        return GradeResult(reply["pred"], reply["gold"], bool(reply["ok"]), None)
 
     def close(self) -> None:
         with self._lock:
@@ -858,8 +1206,22 @@ def _cheap_verdict(pred: str | None, gold: str | None) -> bool | None:
         return None
 
 
+def _too_long(what: str, text: str) -> str | None:
+    """The reason ``text`` is not graded (longer than :data:`MAX_TEXT_CHARS`), else ``None``."""
+    if len(text) > MAX_TEXT_CHARS:
+        return f"{what} too long: {len(text)} characters > {MAX_TEXT_CHARS} (not graded)"
+    return None
+
+
 def _judge(pred: str | None, gold: str | None, timeout: float) -> tuple[bool, str | None]:
-    """(verdict, error): the cheap rules here, the whole comparison in the worker when sympy is needed."""
+    """(verdict, error): the cheap rules here, the whole comparison in the worker when sympy is needed or the
+    texts are long (over-long ones are not compared)."""
+    if pred is not None and gold is not None:
+        reason = _too_long("answer", pred) or _too_long("gold", gold)
+        if reason:
+            return False, reason
+        if len(pred) + len(gold) > INPROCESS_MAX_CHARS:
+            return _WORKER.compare(pred, gold, timeout)
     try:
         verdict = _cheap_verdict(pred, gold)
     except Exception as e:  # noqa: BLE001 - e.g. RecursionError on absurd input: wrong, with the reason
@@ -869,8 +1231,15 @@ def _judge(pred: str | None, gold: str | None, timeout: float) -> tuple[bool, st
     return _WORKER.compare(pred, gold, timeout)
 
 
+def _check_timeout(timeout: float) -> None:
+    """Refuse a timeout that is not a finite number > 0 (NaN or infinity would make every wait misbehave)."""
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a finite number > 0, got {timeout}")
+
+
 def math_equal(pred: str | None, gold: str | None, timeout: float = 3.0) -> bool:
     """The toolkit's ``math_equal``; the symbolic step runs in the worker and counts as wrong after ``timeout`` s."""
+    _check_timeout(timeout)
     return _judge(pred, gold, timeout)[0]
 
 
@@ -890,9 +1259,9 @@ def _is_letters_only(text: str) -> bool:
     return all(c in LETTERS for c in text)
 
 
-def _prepare(rules: str, example: dict, completion: str) -> tuple[str | None, str, str]:
-    """(prediction after the MC repair, first-pass gold, compared gold)."""
-    first, gold = _gold_passes(rules, example)
+def _prepare_from_field(rules: str, field: Any, completion: str) -> tuple[str | None, str, str]:
+    """(prediction after the MC repair, first-pass gold, compared gold) given the raw gold."""
+    first, gold = _gold_passes_from_field(rules, field)
     code = clean_completion(completion)
     pred = None if not code or code == "error" else strip_string(extract_answer(code, rules),
                                                                  skip_unit=rules in SKIP_UNIT)
@@ -904,14 +1273,43 @@ def _prepare(rules: str, example: dict, completion: str) -> tuple[str | None, st
     return pred, first, gold
 
 
+def _gold_field_text(rules: str, field: Any) -> str | None:
+    """The raw gold as text for the worker: the field itself, or for svamp/mawps (numbers, which the first
+    normalisation turns into text first anyway) its ``str``; ``None`` for anything else (it fails at once here)."""
+    if isinstance(field, str):
+        return field
+    return str(field) if rules in ("svamp", "mawps") else None
+
+
+def _grade_one(rules: str, example: dict, completion: str, timeout: float) -> GradeResult:
+    """Grade one pair (never raises for content): over-long text is refused, long text is graded whole in the
+    worker under the timeout, the rest here (with the symbolic step in the worker)."""
+    pred, gold = None, ""
+    try:
+        field = _gold_field(rules, example)
+        wire = _gold_field_text(rules, field)
+        reason = _too_long("completion", completion) or _too_long("gold", wire or "")
+        if reason:
+            return GradeResult(None, "", False, reason)
+        if wire is not None and len(completion) + len(wire) > INPROCESS_MAX_CHARS:
+            return _WORKER.grade(rules, wire, completion, timeout)
+        pred, _, gold = _prepare_from_field(rules, field, completion)
+        correct, error = _judge(pred, gold, timeout)
+        return GradeResult(pred, gold, bool(correct), error)
+    except Exception as e:  # noqa: BLE001 - never raise for content; report it
+        return GradeResult(pred, gold, False, f"{type(e).__name__}: {e}")
+
+
 def grade_many(benchmark: str, examples: Sequence[dict], completions: Sequence[str], timeout: float = 3.0,
                progress: bool = True) -> list[GradeResult]:
     """Grade ``completions[i]`` against ``examples[i]``; symbolic comparisons share the one worker process.
 
-    Never raises for any example or completion content: a failure or a timeout gives ``correct=False`` with
-    ``error`` set. An unknown ``benchmark`` raises ``ValueError``.
+    Never raises for any example or completion content: a failure, a timeout or over-long text gives
+    ``correct=False`` with ``error`` set. An unknown ``benchmark``, unequal lengths or a ``timeout`` that is not a
+    finite number > 0 raise ``ValueError``.
     """
     rules = _rules_for(benchmark)
+    _check_timeout(timeout)
     if len(examples) != len(completions):
         raise ValueError(f"{len(examples)} examples but {len(completions)} completions")
     from tqdm.auto import tqdm
@@ -920,13 +1318,7 @@ def grade_many(benchmark: str, examples: Sequence[dict], completions: Sequence[s
     n_right = 0
     bar = tqdm(total=len(examples), desc=f"grading {benchmark}", disable=not progress, dynamic_ncols=True)
     for example, completion in zip(examples, completions):
-        pred, gold = None, ""
-        try:
-            pred, _, gold = _prepare(rules, example, completion)
-            correct, error = _judge(pred, gold, timeout)
-            results.append(GradeResult(pred, gold, bool(correct), error))
-        except Exception as e:  # noqa: BLE001 - never raise for content; report it
-            results.append(GradeResult(pred, gold, False, f"{type(e).__name__}: {e}"))
+        results.append(_grade_one(rules, example, completion, timeout))
         n_right += results[-1].correct
         bar.update(1)
         bar.set_postfix(acc=f"{100.0 * n_right / len(results):.1f}", refresh=False)
@@ -957,11 +1349,18 @@ class GradeConfig:
 
     def validate(self) -> list[str]:
         problems = []
-        if not self.timeout > 0:
-            problems.append(f"--timeout must be > 0, got {self.timeout}")
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            problems.append(f"--timeout must be a finite number > 0, got {self.timeout}")
         if Path(self.input).resolve() == Path(self.output).resolve():
             problems.append("--output must differ from --input")
         return problems
+
+
+def _check_gold_field(rules: str, example: dict) -> None:
+    """Raise unless the row has a gold field these rules can read (cheap: nothing is normalised here)."""
+    field = _gold_field(rules, example)
+    if _gold_field_text(rules, field) is None:
+        raise TypeError(f"the gold field is a {type(field).__name__}, not text")
 
 
 def _read_grade_input(path: str, rules: str) -> list[dict]:
@@ -982,7 +1381,7 @@ def _read_grade_input(path: str, rules: str) -> list[dict]:
                 raise InputError(f"{path}:{n}: expected {{\"example\": {{...}}, \"completion\": \"...\"}}; fix or "
                                  f"remove the line")
             try:
-                _gold_passes(rules, row["example"])
+                _check_gold_field(rules, row["example"])
             except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
                 raise InputError(f"{path}:{n}: the example has no usable gold for this benchmark "
                                  f"({type(e).__name__}: {e}); is --benchmark right?") from None
