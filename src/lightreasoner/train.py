@@ -39,6 +39,7 @@ Python use::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -55,8 +56,9 @@ import torch
 from torch import nn
 
 from . import checkpoint as ck
+from . import layout
 from . import embedded, models
-from .config import ConfigError, option, to_dict
+from .config import ConfigError, flag, option, to_dict
 from .contrast import soft_label_kl_loss
 from .utils import (InputError, environment_info, iter_jsonl, read_complete_jsonl, read_json,
                     require_single_process, write_json, writes_output)
@@ -64,13 +66,6 @@ from .utils import (InputError, environment_info, iter_jsonl, read_complete_json
 logger = logging.getLogger(__name__)
 
 AUTHORS_SYSTEM_PROMPT = "Please reason step by step."
-# Config fields that change the result: a resumed run must match the checkpoint's on these (the samples themselves
-# are compared by content, see data_fingerprint).
-RESULT_FIELDS = ("steps_per_update", "max_steps", "epochs", "lr", "weight_decay", "lr_scheduler",
-                 "warmup_steps", "max_grad_norm", "seed", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "full",
-                 "max_length", "system_prompt")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------------------------------
@@ -86,11 +81,12 @@ class TrainConfig:
 
     samples: str = option(help="samples: our JSONL/Parquet records, the authors' per-step JSONL/Parquet, or a hub "
                                "dataset id of either")
-    output: str = option(help="output folder: PEFT adapter, config, metrics, checkpoints, summary")
+    output: str = option(help="output folder: PEFT adapter, config, metrics, checkpoints, summary", result=False)
     expert: str = option(embedded.DEFAULT_EXPERT, help="expert model: embedded name, .gguf file, checkpoint folder "
-                                                       "or hub id (must be the model the samples came from)")
+                                                       "or hub id (must be the model the samples came from)", run_sets=True)
     samples_split: str = option("train", help="split to read when --samples is a hub dataset")
-    force: bool = option(False, help="train even if the samples' manifest names another expert (warns)")
+    force: bool = option(False, help="train even if the samples' manifest names another expert (warns)",
+                         result=False)
     system_prompt: str = option(AUTHORS_SYSTEM_PROMPT,
                                 help="system prompt used to rebuild contexts of the authors' per-step records")
     steps_per_update: int = option(16, help="kept steps per optimizer update (the authors' 8 x 2 accumulation)")
@@ -98,14 +94,14 @@ class TrainConfig:
     epochs: float | None = option(None, help="train for this many passes over the kept steps instead of "
                                              "--max-steps (fractions allowed)")
     stop_after: int | None = option(None, help="stop this run after this many updates in total, keeping a "
-                                               "checkpoint (the schedule still spans the full run; rerun to resume)")
+                                               "checkpoint (the schedule still spans the full run; rerun to resume)", result=False)
     lr: float = option(5e-5, help="peak learning rate (AdamW)")
     weight_decay: float = option(0.0, help="AdamW weight decay")
     lr_scheduler: str = option("linear", help="learning-rate schedule after warm-up: linear decay to 0, or constant",
                                choices=("linear", "constant"))
     warmup_steps: int = option(0, help="linear warm-up updates before the schedule")
     max_grad_norm: float | None = option(1.0, help="clip the gradient norm to this (none: no clipping)")
-    seed: int = option(42, help="seed for LoRA init, data order and dropout")
+    seed: int = option(42, help="seed for LoRA init, data order and dropout", run_sets=True)
     full: bool = option(False, help="train every weight (float32 master weights, bf16 autocast where the hardware "
                                     "has it) instead of LoRA")
     lora_r: int = option(8, help="LoRA rank")
@@ -114,48 +110,52 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = option(("q_proj", "v_proj"), help="module names LoRA adapts (comma-separated), "
                                                                       "or all-linear")
     dtype: str = option("auto", help="model weights' dtype (auto: bf16 where the hardware computes it natively); "
-                                     "LoRA weights and optimizer state stay float32", choices=models.DTYPES)
+                                     "LoRA weights and optimizer state stay float32", choices=models.DTYPES, run_sets=True)
     gradient_checkpointing: bool = option(False, help="recompute activations in the backward pass (less memory)")
     max_length: int = option(2048, help="longest context in tokens; longer ones keep their end (left-truncated)")
     max_tokens_per_forward: int = option(4096, help="bound on a forward pass's padded tokens (rows x longest "
                                                     "row); an update runs as several micro-batches if needed")
-    save_every: int | None = option(200, help="save a checkpoint step-NNNNNN/ every this many updates")
-    keep_checkpoints: int | None = option(2, help="keep only the newest this many checkpoints (none: all)")
+    save_every: int | None = option(200, help="save a checkpoint step-NNNNNN/ every this many updates", result=False)
+    keep_checkpoints: int | None = option(2, help="keep only the newest this many checkpoints (none: all)",
+                                         result=False)
     resume: str = option("auto", help="auto: continue from the newest complete checkpoint in --output; none: "
-                                      "start fresh (refuses a folder with checkpoints); or a step-NNNNNN folder")
-    log_every: int = option(10, help="log metrics every this many updates")
-    tensorboard: bool = option(True, help="also log to TensorBoard (OUTPUT/tensorboard)")
-    wandb: str | None = option(None, help="also log to this Weights & Biases project (needs wandb installed)")
+                                      "start fresh (refuses a folder with checkpoints); or a step-NNNNNN folder", result=False)
+    log_every: int = option(10, help="log metrics every this many updates", result=False)
+    tensorboard: bool = option(True, help="also log to TensorBoard (OUTPUT/tensorboard)", result=False)
+    wandb: str | None = option(None, help="also log to this Weights & Biases project (needs wandb installed)",
+                               result=False)
     skip_bad_rows: bool = option(False, help="skip malformed JSONL lines instead of stopping")
-    trust_remote_code: bool = option(False, help="allow model code from the hub")
+    trust_remote_code: bool = option(False, help="allow model code from the hub", result=False)
+    rerun: bool = option(False, help="redo the stage when --output holds a training run of other settings (it is "
+                                     "deleted)", result=False, saved=False, run_sets=True)
 
     def validate(self) -> list[str]:
         p = []
         for name in ("steps_per_update", "max_steps", "lora_r", "max_tokens_per_forward", "log_every"):
             if getattr(self, name) < 1:
-                p.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                p.append(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("save_every", "keep_checkpoints", "stop_after"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                p.append(f"--{name.replace('_', '-')} must be >= 1 or none, got {v}")
+                p.append(f"{flag(name)} must be >= 1 or none, got {v}")
         if self.max_length < 2:
-            p.append(f"--max-length must be >= 2, got {self.max_length}")
+            p.append(f"{flag('max_length')} must be >= 2, got {self.max_length}")
         if self.epochs is not None and not self.epochs > 0:
-            p.append(f"--epochs must be > 0, got {self.epochs}")
+            p.append(f"{flag('epochs')} must be > 0, got {self.epochs}")
         if not self.lr > 0:
-            p.append(f"--lr must be > 0, got {self.lr}")
+            p.append(f"{flag('lr')} must be > 0, got {self.lr}")
         if self.weight_decay < 0:
-            p.append(f"--weight-decay must be >= 0, got {self.weight_decay}")
+            p.append(f"{flag('weight_decay')} must be >= 0, got {self.weight_decay}")
         if self.warmup_steps < 0:
-            p.append(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+            p.append(f"{flag('warmup_steps')} must be >= 0, got {self.warmup_steps}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            p.append(f"--max-grad-norm must be > 0 or none, got {self.max_grad_norm}")
+            p.append(f"{flag('max_grad_norm')} must be > 0 or none, got {self.max_grad_norm}")
         if not 0 <= self.lora_dropout < 1:
-            p.append(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+            p.append(f"{flag('lora_dropout')} must be in [0, 1), got {self.lora_dropout}")
         if not self.lora_targets:
-            p.append("--lora-targets needs at least one module name (or all-linear)")
+            p.append(f"{flag('lora_targets')} needs at least one module name (or all-linear)")
         if self.resume not in ("auto", "none") and not ck.CHECKPOINT_RE.match(Path(self.resume).name):
-            p.append(f"--resume must be auto, none or a step-NNNNNN checkpoint folder, got {self.resume!r}")
+            p.append(f"{flag('resume')} must be auto, none or a step-NNNNNN checkpoint folder, got {self.resume!r}")
         return p
 
 
@@ -165,13 +165,48 @@ class MergeConfig:
     tokenizer and chat template, whose outputs equal base + adapter."""
 
     adapter: str = option(help="adapter folder written by lightreasoner train")
-    output: str = option(help="folder for the merged model")
+    output: str = option(help="folder for the merged model", result=False)
     expert: str = option(embedded.DEFAULT_EXPERT, help="the base model the adapter was trained on (same forms as "
-                                                       "for train)")
+                                                       "for train)", run_sets=True)
     dtype: str = option("auto", help="dtype to save (auto: the base checkpoint's own dtype); the merge itself is "
                                      "computed in float32", choices=models.DTYPES)
-    force: bool = option(False, help="merge even if the adapter was trained on another expert (warns)")
-    trust_remote_code: bool = option(False, help="allow model code from the hub")
+    force: bool = option(False, help="merge even if the adapter was trained on another expert (warns)",
+                         result=False)
+    trust_remote_code: bool = option(False, help="allow model code from the hub", result=False)
+    rerun: bool = option(False, help="redo the merge when --output holds one of other inputs (it is deleted)",
+                         result=False, saved=False, run_sets=True)
+
+
+# Settings a resumed run must share with its checkpoint (the samples themselves are compared by content, see
+# data_fingerprint): the ones that can change the result, less the inputs.
+RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["result"]
+                      and f.name not in ("samples", "samples_split", "expert", "dtype", "skip_bad_rows", "force"))
+
+
+def samples_input(samples: str) -> str:
+    """The samples' fingerprint as train's input: the sampling stage's (its meta.json), a file's content hash,
+    or a hub dataset id."""
+    path = Path(samples)
+    if path.is_file():
+        meta = layout.read_meta(path.parent)
+        if meta is not None and meta.get("stage") == "sample" and meta.get("samples") == path.name:
+            return meta["fingerprint"]
+        return layout.file_hash(path)
+    return f"hub:{samples}"
+
+
+def identity(cfg: TrainConfig, **inputs: str) -> dict:
+    """The training stage's identity (see :mod:`.layout`)."""
+    found = {"samples": lambda: samples_input(cfg.samples), "expert": lambda: layout.model_input(cfg.expert)}
+    return layout.stage_identity("train", cfg, {k: inputs.get(k) or f() for k, f in found.items()})
+
+
+def merge_identity(cfg: MergeConfig, **inputs: str) -> dict:
+    """The merge stage's identity: the adapter's training stage (or the adapter files) and the expert."""
+    found = {"adapter": lambda: layout.output_fingerprint(cfg.adapter) or layout.fingerprint(
+                 {p.name: layout.file_hash(p) for p in sorted(Path(cfg.adapter).glob("adapter_*"))}),
+             "expert": lambda: layout.model_input(cfg.expert)}
+    return layout.stage_identity("merge", cfg, {k: inputs.get(k) or f() for k, f in found.items()})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -200,9 +235,11 @@ class Trajectory:
 
 
 def manifest_path(samples: str | Path) -> Path:
-    """``X.jsonl`` / ``X.parquet`` -> ``X.manifest.json`` beside it."""
+    """Where a samples file is described: ``X.manifest.json`` beside ``X.jsonl``/``X.parquet`` when there is one,
+    else its folder's ``meta.json`` (what `lightreasoner sample` writes)."""
     p = Path(samples)
-    return p.with_name(p.with_suffix("").name + ".manifest.json")
+    sidecar = p.with_name(p.with_suffix("").name + ".manifest.json")
+    return sidecar if sidecar.is_file() or not (p.parent / layout.META).is_file() else p.parent / layout.META
 
 
 def read_manifest(samples: str | Path) -> dict | None:
@@ -1032,10 +1069,16 @@ def main(cfg: TrainConfig) -> int:
     """
     acc = make_accelerator(cfg)
     ck.require_supported(acc.distributed_type, saves=bool(cfg.save_every or cfg.stop_after), resumes=False)
-    try:
-        src = models.resolve_source(cfg.expert, prepare=False)
-    except FileNotFoundError as e:
-        raise InputError(f"--expert: {e}") from None
+    src = models.resolve_source(cfg.expert, prepare=False)
+    stage = layout.StageRun(cfg.output, identity(cfg), rerun=cfg.rerun and acc.is_main_process)
+    if stage.done:
+        logger.info("%s is complete for these settings; nothing to do", cfg.output)
+        return 0
+    with stage:
+        return _train_stage(cfg, acc, src, stage)
+
+
+def _train_stage(cfg: TrainConfig, acc: Any, src: models.ModelSource, stage: layout.StageRun) -> int:
     if src.kind != "hub":  # these fingerprints need no loaded model
         check_manifest(cfg.samples, models.fingerprint(src), cfg.force)
     tokenizer = models.load_tokenizer(cfg.expert, trust_remote_code=cfg.trust_remote_code)
@@ -1050,9 +1093,17 @@ def main(cfg: TrainConfig) -> int:
     if src.kind == "hub":
         check_manifest(cfg.samples, loaded.fingerprint, cfg.force)
     check_label_range(trajs, loaded.vocab_rows)
+    if acc.is_main_process:
+        stage.start()
     summary = train(loaded.model, loaded.tokenizer, trajs, cfg, cfg.output, accelerator=acc, data_stats=stats,
                     expert=loaded.describe())
-    return 0 if summary.get("finished", True) or cfg.stop_after else 1
+    if not summary.get("finished", True):
+        return 0 if cfg.stop_after else 1
+    if acc.is_main_process:
+        stage.finish(config=to_dict(cfg), counts={k: summary.get(k) for k in (
+            "updates", "tuned_tokens", "trajectories", "kept_steps_in_data", "forward_tokens")},
+            extra={"expert": loaded.describe(), "train_time_s": summary.get("train_time_s")})
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1094,15 +1145,20 @@ def merge_main(cfg: MergeConfig) -> int:
     """``lightreasoner merge``: write base + adapter as one standalone model."""
     require_single_process("merge")
     adapter = Path(cfg.adapter)
-    try:
-        models.resolve_source(cfg.expert, prepare=False)
-    except FileNotFoundError as e:
-        raise InputError(f"--expert: {e}") from None
+    models.resolve_source(cfg.expert, prepare=False)
     if not (adapter / "adapter_config.json").is_file():
         hint = " (it holds a full model: --full training needs no merge)" if (adapter / "config.json").is_file() \
             else ""
         raise InputError(f"--adapter {cfg.adapter}: no adapter_config.json{hint}; point to a lightreasoner train "
                          f"output folder")
+    with layout.StageRun(cfg.output, merge_identity(cfg), rerun=cfg.rerun) as stage:
+        if stage.done:
+            logger.info("%s is complete for these inputs; nothing to do", cfg.output)
+            return 0
+        return _merge(cfg, adapter, stage)
+
+
+def _merge(cfg: MergeConfig, adapter: Path, stage: layout.StageRun) -> int:
     loaded = models.load_model(cfg.expert, dtype="float32", device="cpu", trust_remote_code=cfg.trust_remote_code)
     trained_on = None
     if (adapter / "summary.json").is_file():
@@ -1118,10 +1174,13 @@ def merge_main(cfg: MergeConfig) -> int:
     if getattr(merged.config, "quantization_config", None) is not None:  # a GGUF-loaded base
         del merged.config.quantization_config
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
+    stage.start()
     merged.save_pretrained(out)
     loaded.tokenizer.save_pretrained(out)
-    write_json(out / "merge.json", {"config": to_dict(cfg), "expert": loaded.describe(),
-                                    "dtype": str(dtype).replace("torch.", ""), "environment": environment_info()})
+    for f in out.iterdir():
+        if f.is_file():
+            ck.fsync_file(f)
+    stage.finish(config=to_dict(cfg), counts={"parameters": sum(p.numel() for p in merged.parameters())},
+                 extra={"expert": loaded.describe(), "dtype": str(dtype).replace("torch.", "")})
     logger.info("merged %s + %s -> %s (%s)", cfg.expert, cfg.adapter, out, str(dtype).replace("torch.", ""))
     return 0
