@@ -1,0 +1,96 @@
+"""``lightreasoner grade``: grade a JSONL file of (example, completion) pairs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import option
+from ..utils import InputError
+from .extract import ALL_BENCHMARKS, _gold_field, _gold_field_text, _rules_for
+from .grade import grade_many
+
+
+@dataclass(frozen=True)
+class GradeConfig:
+    """Grade completions as the Qwen2.5-Math toolkit does (prompt type qwen25-math-cot).
+
+    Reads JSONL lines {"example": <benchmark row>, "completion": "<model text>"} and writes the same lines, in the
+    same order, with "pred", "gold" and "correct" added (and "error" where a line could not be graded)."""
+
+    benchmark: str = option(help="benchmark whose rules apply", choices=ALL_BENCHMARKS)
+    input: str = option(help="JSONL file of {\"example\": row, \"completion\": text} lines")
+    output: str = option(help="JSONL file to write (replaced atomically)")
+    timeout: float = option(3.0, "seconds allowed for one symbolic comparison (the toolkit's 3)")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            problems.append(f"--timeout must be a finite number > 0, got {self.timeout}")
+        if Path(self.input).resolve() == Path(self.output).resolve():
+            problems.append("--output must differ from --input")
+        return problems
+
+
+def _check_gold_field(rules: str, example: dict) -> None:
+    """Raise unless the row has a gold field these rules can read (cheap: nothing is normalised here)."""
+    field = _gold_field(rules, example)
+    if _gold_field_text(rules, field) is None:
+        raise TypeError(f"the gold field is a {type(field).__name__}, not text")
+
+
+def _read_grade_input(path: str, rules: str) -> list[dict]:
+    if not Path(path).is_file():
+        raise InputError(f"--input: no such file {path!r}")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); fix or remove "
+                                 f"the line") from None
+            if not (isinstance(row, dict) and isinstance(row.get("example"), dict)
+                    and isinstance(row.get("completion"), str)):
+                raise InputError(f"{path}:{n}: expected {{\"example\": {{...}}, \"completion\": \"...\"}}; fix or "
+                                 f"remove the line")
+            try:
+                _check_gold_field(rules, row["example"])
+            except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+                raise InputError(f"{path}:{n}: the example has no usable gold for this benchmark "
+                                 f"({type(e).__name__}: {e}); is --benchmark right?") from None
+            rows.append(row)
+    return rows
+
+
+def grade_main(cfg: GradeConfig) -> int:
+    """``lightreasoner grade``: grade a JSONL file of (example, completion) pairs; prints the accuracy."""
+    rules = _rules_for(cfg.benchmark)
+    rows = _read_grade_input(cfg.input, rules)
+    results = grade_many(cfg.benchmark, [r["example"] for r in rows], [r["completion"] for r in rows],
+                         timeout=cfg.timeout, progress=True)
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row, res in zip(rows, results):
+                record = {**row, "pred": res.pred, "gold": res.gold, "correct": bool(res.correct)}
+                if res.error is not None:
+                    record["error"] = res.error
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    n = len(results)
+    n_right = sum(r.correct for r in results)
+    n_failed = sum(r.error is not None for r in results)
+    acc = 100.0 * n_right / n if n else 0.0
+    print(f"{cfg.benchmark}: accuracy {acc:.1f} ({n_right}/{n}); could not be graded: {n_failed}; "
+          f"wrote {out}")
+    return 0
