@@ -262,27 +262,30 @@ def test_resume_matches_uninterrupted_run(tmp_path, model_dirs, data_dir):
     staged = tmp_path / "staged"
     run_eval(staged, model_dirs[0], data_dir, limit=2)
     first = read_jsonl(staged / "gsm8k.jsonl")
-    summary = run_eval(staged, model_dirs[0], data_dir)
+    with pytest.raises(InputError, match=r"settings.limit: 2 -> None.*--rerun"):
+        run_eval(staged, model_dirs[0], data_dir)  # another selection is never taken for the finished one
+    summary = run_eval(staged, model_dirs[0], data_dir, rerun=True)
     resumed = read_jsonl(staged / "gsm8k.jsonl")
     assert without_timing(resumed) == without_timing(reference)
     assert resumed[:2] == first  # kept, not generated again (timings identical)
     assert summary["benchmarks"]["gsm8k"]["n"] == 6
 
-    # a kill mid-write: two whole records and a torn third line
+    # a kill mid-write (before meta.json): two whole records and a torn third line
     lines = (full / "gsm8k.jsonl").read_text().splitlines(keepends=True)
     (full / "gsm8k.jsonl").write_text("".join(lines[3:5]) + lines[5][:20])
+    (full / "meta.json").rename(full / ".started.json")
     run_eval(full, model_dirs[0], data_dir)
     assert without_timing(read_jsonl(full / "gsm8k.jsonl")) == without_timing(reference)
 
 
 def test_interrupted_larger_selection_does_not_look_finished(tmp_path, model_dirs, data_dir, monkeypatch):
-    from lightreasoner.pipeline import _eval_done
+    from lightreasoner.layout import stage_state
 
     out = tmp_path / "run"
     run_eval(out, model_dirs[0], data_dir, limit=2)
     cfg = resolve(E.EvalConfig, cli={"model": model_dirs[0], "output": str(out), "data_dir": str(data_dir),
-                                     "benchmarks": "gsm8k", **FAST})
-    assert not _eval_done(out, cfg)  # the limit grew
+                                     "benchmarks": "gsm8k", "rerun": True, **FAST})
+    assert stage_state(out, E.identity(cfg)).status == "changed"  # the limit grew
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
@@ -292,22 +295,24 @@ def test_interrupted_larger_selection_does_not_look_finished(tmp_path, model_dir
         E.main(cfg)
     # the summary of the 2-problem evaluation is gone (its records stay), so a rerun evaluates again
     assert not (out / "summary.json").exists() and len(read_jsonl(out / "gsm8k.jsonl")) == 2
-    assert not _eval_done(out, cfg)
+    assert stage_state(out, E.identity(cfg)).status == "partial"
     monkeypatch.undo()
-    assert E.main(cfg) == 0 and _eval_done(out, cfg)
+    assert E.main(cfg) == 0 and stage_state(out, E.identity(cfg)).status == "done"
     assert json.loads((out / "summary.json").read_text())["benchmarks"]["gsm8k"]["n"] == 6
 
 
 def test_resume_refuses_other_settings(tmp_path, model_dirs, data_dir):
     out = tmp_path / "run"
     run_eval(out, model_dirs[0], data_dir, limit=2)
-    with pytest.raises(ConfigError, match="max_new_tokens"):
+    with pytest.raises(InputError, match=r"settings.max_new_tokens: 12 -> 5.*--rerun"):
         run_eval(out, model_dirs[0], data_dir, limit=2, max_new_tokens=5)
-    with pytest.raises(ConfigError, match="model:"):
+    with pytest.raises(InputError, match=r"inputs.model: 'sha256:\w+' -> 'sha256:\w+'"):
         run_eval(out, model_dirs[1], data_dir, limit=2)
-    summary = run_eval(out, model_dirs[0], data_dir, limit=2, max_new_tokens=5, overwrite=True)
+    summary = run_eval(out, model_dirs[0], data_dir, limit=2, max_new_tokens=5, rerun=True)
     assert all(r["new_tokens"] <= 5 for r in read_jsonl(out / "gsm8k.jsonl"))
     assert summary["max_new_tokens"] == 5
+    summary = run_eval(out, model_dirs[0], data_dir, limit=2, overwrite=True)  # --overwrite: the same, records too
+    assert summary["max_new_tokens"] == 12
 
 
 def test_adapter_eval_matches_merged_model(tmp_path, model_dirs, data_dir, tokenizer):

@@ -40,8 +40,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from . import data as shipped
+from . import layout
 from . import grading
-from .config import ConfigError, flag, option, save_config
+from .config import ConfigError, flag, option, save_config, to_dict
 from .models import DTYPES
 from .utils import (InputError, atomic_write, JsonlAppender, environment_info, iter_jsonl, read_complete_jsonl, read_json,
                     require_single_process, write_json, write_jsonl, writes_output)
@@ -101,6 +102,9 @@ class EvalConfig:
     skip_bad_rows: bool = option(False, "skip benchmark rows without a usable question or gold (counted) instead "
                                         "of stopping")
     overwrite: bool = option(False, "discard results already in --output instead of resuming", result=False)
+    rerun: bool = option(False, "evaluate again when --output holds an evaluation of other settings (records of "
+                                "the same model, prompt and decoding are reused)", result=False, saved=False,
+                         run_sets=True)
 
     def validate(self) -> list[str]:
         p: list[str] = []
@@ -589,6 +593,24 @@ def load_adapter(model: Any, adapter: str | Path) -> Any:
     return merge_adapter(model, p).eval()
 
 
+def data_inputs(cfg: EvalConfig) -> dict[str, str]:
+    """Each benchmark's data fingerprint: the content hash of the file it is read from (or the hub id)."""
+    out = {}
+    for b in cfg.benchmarks:
+        path = Path(cfg.data_dir).expanduser() / b / "test.jsonl" if cfg.data_dir else shipped.benchmark_file(b)
+        out[b] = layout.file_hash(path) if path is not None and path.is_file() else f"hub:{HUB_DATASETS.get(b)}"
+    return out
+
+
+def identity(cfg: EvalConfig, **inputs: Any) -> dict:
+    """The evaluation stage's identity: the model (and adapter) fingerprints, each benchmark's data, the settings."""
+    found = {"model": lambda: layout.model_input(cfg.model),  # type: ignore[arg-type]
+             "adapter": lambda: (layout.output_fingerprint(cfg.adapter) or file_fingerprint(cfg.adapter))
+             if cfg.adapter else None,
+             "data_dir": lambda: data_inputs(cfg)}
+    return layout.stage_identity("eval", cfg, {k: inputs.get(k) or f() for k, f in found.items()})
+
+
 def _check_adapter(cfg: EvalConfig) -> str | None:
     """The ``--adapter``'s fingerprint, after checking (before any model loads) that it is an adapter and, when
     ``--model`` is local, that it was trained on that model."""
@@ -615,24 +637,24 @@ def _check_adapter_base(cfg: EvalConfig, model_fingerprint: str) -> None:
                          f"is {model_fingerprint}; pass the --model it was trained on")
 
 
-def _check_output(out: Path, identity: Mapping[str, Any], overwrite: bool) -> None:
+def _check_output(out: Path, identity: Mapping[str, Any], overwrite: bool, rerun: bool = False) -> None:
+    """Keep the records in ``out`` only if they were made the way this evaluation makes them (same model,
+    adapter, prompt, decoding): they are then reused, not generated again. Otherwise they are discarded when
+    ``overwrite`` or ``rerun`` says so, else refused."""
     cfg_file = out / "config.json"
-    if overwrite:
+    old = read_json(cfg_file).get("identity", {}) if cfg_file.exists() else None
+    diffs = [f"{k}: {old.get(k)!r} there, {identity.get(k)!r} now" for k in _IDENTITY_KEYS
+             if old is not None and old.get(k) != identity.get(k)]
+    if old is None and any(out.glob("*.jsonl")):
+        diffs = ["JSONL files without the config.json that says how they were made"]
+    if overwrite or (rerun and diffs):
         for f in [cfg_file, out / "summary.json", out / "summary.md"] + [
                 f for b in ALL_BENCHMARKS for f in (out / f"{b}.jsonl", extra_path(out / f"{b}.jsonl"))]:
             f.unlink(missing_ok=True)
         return
-    if not cfg_file.exists():
-        if any(out.glob("*.jsonl")):
-            raise InputError(f"--output {out}: holds JSONL files but no config.json, so they cannot be resumed "
-                             f"safely; pass --overwrite or another --output")
-        return
-    old = read_json(cfg_file).get("identity", {})
-    diffs = [f"{k}: {old.get(k)!r} there, {identity.get(k)!r} now" for k in _IDENTITY_KEYS
-             if old.get(k) != identity.get(k)]
     if diffs:
         raise ConfigError([f"--output {out} holds results of a different evaluation ({'; '.join(diffs)}); "
-                           f"pass --overwrite to discard them or choose another --output"])
+                           f"pass --rerun to discard them or choose another --output"])
 
 
 @writes_output("eval", kind="folder")
@@ -641,11 +663,24 @@ def main(cfg: EvalConfig) -> int:
     if cfg.compare is not None:
         return compare_main(cfg)
     require_single_process("eval")
-    from .models import load_model, resolve_source
+    from .models import resolve_source
+
+    resolve_source(cfg.model, prepare=False)  # type: ignore[arg-type]  # a mistyped path fails here, not later
+    keep = () if cfg.overwrite else ("*.jsonl", "config.json")  # records are checked by _check_output
+    with layout.StageRun(cfg.output, identity(cfg), rerun=cfg.rerun or cfg.overwrite,  # type: ignore[arg-type]
+                         keep=keep) as stage:
+        if stage.done:
+            logger.info("%s is complete for these settings; nothing to do", cfg.output)
+            return 0
+        return _evaluate(cfg, stage)
+
+
+def _evaluate(cfg: EvalConfig, stage: layout.StageRun) -> int:
+    """Evaluate into a claimed stage folder (records of the same model, prompt and decoding resume)."""
+    from .models import load_model
 
     t0 = time.perf_counter()
     out = Path(cfg.output)  # type: ignore[arg-type]
-    resolve_source(cfg.model, prepare=False)  # type: ignore[arg-type]  # a mistyped path fails here, not later
     bad_rows: dict[str, dict] = {}
     data = {b: load_benchmark(b, cfg.data_dir, cfg.limit, skip_bad_rows=cfg.skip_bad_rows,
                               stats=bad_rows.setdefault(b, {})) for b in cfg.benchmarks}  # before the model
@@ -660,19 +695,19 @@ def main(cfg: EvalConfig) -> int:
     # The resolved path is part of the identity too (besides the content fingerprint), so results of another
     # checkpoint are never resumed into this folder.
     spec_path = Path(cfg.model).expanduser()  # type: ignore[arg-type]
-    identity = {"model": str(spec_path.resolve()) if spec_path.exists() else cfg.model,
+    record_identity = {"model": str(spec_path.resolve()) if spec_path.exists() else cfg.model,
                 "model_fingerprint": loaded.fingerprint, "adapter_fingerprint": adapter_fp, "prompt": cfg.prompt,
                 "shots": cfg.shots, "max_new_tokens": cfg.max_new_tokens,
                 "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
-    out.mkdir(parents=True, exist_ok=True)
-    _check_output(out, identity, cfg.overwrite)
+    stage.start()
+    _check_output(out, record_identity, cfg.overwrite, cfg.rerun)
     # A summary describes a finished evaluation. Until this one finishes there is none: an old summary (say of a
     # smaller --limit) must not make an interrupted run look complete. The records it was built from are kept.
     for f in (out / "summary.json", out / "summary.md"):
         f.unlink(missing_ok=True)
     eos_ids = stop_token_ids(tokenizer, model)
     save_config(cfg, out / "config.json", extra={
-        "identity": identity, "model": loaded.describe(), "adapter": cfg.adapter, "stop_strings": list(STOP_STRINGS),
+        "identity": record_identity, "model": loaded.describe(), "adapter": cfg.adapter, "stop_strings": list(STOP_STRINGS),
         "eos_ids": eos_ids, "examples": {b: len(v) for b, v in data.items()}, "environment": environment_info()})
 
     results = {}
@@ -683,12 +718,15 @@ def main(cfg: EvalConfig) -> int:
     summary = overall_summary(results)
     summary.update({"model": cfg.model, "model_fingerprint": loaded.fingerprint, "adapter": cfg.adapter,
                     "prompt": cfg.prompt, "shots": cfg.shots, "max_new_tokens": cfg.max_new_tokens,
-                    "dtype": identity["dtype"], "limit": cfg.limit,
+                    "dtype": record_identity["dtype"], "limit": cfg.limit,
                     "bad_rows_skipped": {b: st.get("bad_rows", 0) for b, st in bad_rows.items()},
                     "wall_seconds": round(time.perf_counter() - t0, 3)})
     write_json(out / "summary.json", summary)
     md = summary_markdown(summary, title=f"Evaluation of {cfg.model}" + (f" + {cfg.adapter}" if cfg.adapter else ""))
     atomic_write(out / "summary.md", md)
+    stage.finish(config=to_dict(cfg), counts={b: {k: r[k] for k in ("n", "correct", "accuracy")}
+                                              for b, r in results.items()},
+                 extra={"model": loaded.describe(), "adapter": cfg.adapter})
     print(md)
     return 0
 
