@@ -20,6 +20,16 @@ and reports, per benchmark, n / agreements / disagreements (with examples: compl
 both verdicts), how often the extracted prediction or the gold string differs even where the verdicts agree,
 timeouts, overall agreement and wall time of each side. Results go to ``--out`` under ``runs[--label]``
 (replacing that label's entry, keeping the others) so "before" and "after" a grader change sit side by side.
+Each entry also keeps every pair's verdict (``verdicts``: one character per pair in pid order, both sides), the pids
+where the two sides disagree (``disagreeing_pids``), and, for every other label in the file measured on the same
+corpus with verdicts kept, the pairs whose verdict (ours) changed (``ours_verdict_changes``).
+
+Which grader was measured (``ours``): ``lightreasoner.grading`` as imported, either the package
+``<checkout>/src/lightreasoner/grading/`` (hash over every file in it, ``__pycache__`` excluded, sorted by path,
+names and bytes) or the old single module ``<checkout>/src/lightreasoner/grading.py`` (hash of its bytes); the
+checkout root, its HEAD, whether the grader or ``grading_data.py`` differ from that HEAD (untracked files included)
+and whether they changed on disk during the run. Entries written before the package split name these fields
+``grading_py``, ``grading_py_differs_from_checkout_head`` and ``grading_py_changed_during_run``.
 
 The corpus (regenerated each run from ``--seed``; written to ``--corpus``, by default in /tmp; its sha256 is
 recorded so two labels can be checked to have used the same pairs):
@@ -49,12 +59,19 @@ Run (this interpreter must import ``lightreasoner``; prefix ``PYTHONPATH=<checko
     python benchmarks/grading_parity.py --toolkit /tmp/qwen_toolkit/evaluation \\
         --python /tmp/toolkit_venv/bin/python --out benchmarks/grading_parity.json --label before
 
-The recorded "before" graded commit 58da1dc's grader from a clean worktree (the checkout was being edited)::
+The recorded "before" graded commit 58da1dc's grader (single module) from a clean worktree (the checkout was being
+edited); "after" graded the package from a clean worktree of the commit named in its ``ours.checkout_head``::
 
     git -C /work/main worktree add /tmp/grading_before 58da1dc
     PYTHONPATH=/tmp/grading_before/src python benchmarks/grading_parity.py ... --label before
+    git -C /work/main worktree add /tmp/grading_after <commit>
+    PYTHONPATH=/tmp/grading_after/src python benchmarks/grading_parity.py ... --label after
 
-About 6 minutes on 2 busy cores for ~8000 pairs (toolkit ~3.5 min, ours ~2.5 min, one process per side, in turn).
+The corpus is built from this script's checkout (benchmarks/runs), whichever grader is imported.
+
+About 5-6 minutes on 2 cores for ~8000 pairs (toolkit ~3 min, ours ~2 min, one process per side, in turn).
+"before_recheck" is 58da1dc's grader measured again with this version of the script (same corpus), for its
+per-pair verdicts (the original "before" entry predates them) and for timings taken alongside "after".
 
 Not reproduced: the toolkit's tool-call continuation (a completion without ``boxed`` that ends in three backticks
 would be sent back to the model); such pairs are counted (``tool_call_branch``) but graded as final.
@@ -501,17 +518,47 @@ def build_corpus(seed: int, rows_per_bench: int, variants_per_row: int, runs_glo
 # Our side, comparison, report
 # ------------------------------------------------------------------------------------------------------------------
 
+def grader_files(grading_file: str) -> tuple[Path, Path, list[Path]]:
+    """(checkout root, graded path, files to hash) for ``lightreasoner.grading.__file__``: either the package
+    ``<checkout>/src/lightreasoner/grading/__init__.py`` (every file under the package except ``__pycache__``) or the
+    old single module ``<checkout>/src/lightreasoner/grading.py``."""
+    f = Path(grading_file).resolve()
+    if f.name == "__init__.py":  # package layout
+        pkg = f.parent
+        files = sorted((q for q in pkg.rglob("*") if q.is_file() and "__pycache__" not in q.relative_to(pkg).parts
+                        and q.suffix != ".pyc"), key=lambda q: q.relative_to(pkg).as_posix())
+        return f.parents[3], pkg, files
+    return f.parents[2], f, [f]
+
+
+def grader_hash(graded: Path, files: list[Path]) -> str:
+    """Content hash of the grader. Single module: sha256 of its bytes (as recorded before the package split).
+    Package: sha256 over every file, sorted by relative path, each as name, NUL, byte length, NUL, bytes."""
+    if graded.is_file():
+        return hashlib.sha256(graded.read_bytes()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for q in files:
+        data = q.read_bytes()
+        h.update(q.relative_to(graded).as_posix().encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
+    return h.hexdigest()[:16]
+
+
 def grader_provenance(grading_file: str) -> dict:
-    """Which grader was measured: its file, content hash and the git state of the checkout it lives in."""
-    root = Path(grading_file).resolve().parent.parent.parent  # <checkout>/src/lightreasoner/grading.py
-    rel = os.path.relpath(Path(grading_file).resolve(), root)
+    """Which grader was measured: its files, content hash and the git state of the checkout it lives in."""
+    root, graded, files = grader_files(grading_file)
+    data_file = graded.parent / "grading_data.py"  # tables the grader imports (both layouts)
+    rels = [os.path.relpath(graded, root)] + ([os.path.relpath(data_file, root)] if data_file.exists() else [])
 
     def g(*a):
         return subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True).stdout.strip()
 
-    return {"grading_py": grading_file, "grading_sha256_16": sha256_file(grading_file), "checkout": str(root),
+    return {"grading_path": str(graded), "layout": "package" if graded.is_dir() else "module",
+            "grading_files": [q.relative_to(graded).as_posix() for q in files] if graded.is_dir() else [graded.name],
+            "grading_sha256_16": grader_hash(graded, files),
+            "grading_data_sha256_16": sha256_file(str(data_file)), "checkout": str(root),
             "checkout_head": g("rev-parse", "--short", "HEAD"),
-            "grading_py_differs_from_checkout_head": bool(g("diff", "--name-only", "HEAD", "--", rel))}
+            # tracked changes and untracked files in the grader (and grading_data.py) against the checkout's HEAD
+            "grading_differs_from_checkout_head": bool(g("status", "--porcelain", "--", *rels))}
 
 
 def run_ours(pairs: list[dict]) -> tuple[dict, float, dict]:
@@ -529,9 +576,11 @@ def run_ours(pairs: list[dict]) -> tuple[dict, float, dict]:
         for p, r in zip(group, results):
             out[p["pid"]] = {"pred": r.pred, "gold": r.gold, "correct": bool(r.correct), "error": r.error}
     seconds = time.time() - t0
-    prov["grading_py_changed_during_run"] = sha256_file(grading.__file__) != prov["grading_sha256_16"]
-    if prov["grading_py_changed_during_run"]:
-        print("WARNING: grading.py changed on disk during the run (the imported version was measured)")
+    now = grader_provenance(grading.__file__)
+    prov["grading_changed_during_run"] = (now["grading_sha256_16"], now["grading_data_sha256_16"]) != \
+        (prov["grading_sha256_16"], prov["grading_data_sha256_16"])
+    if prov["grading_changed_during_run"]:
+        print("WARNING: the grader changed on disk during the run (the imported version was measured)")
     return out, seconds, prov
 
 
@@ -625,6 +674,37 @@ def compare(pairs, tk, ours) -> dict:
     return {"per_benchmark": per, "disagreeing_tags": tags, "toolkit_crashes": crashes}
 
 
+VERDICT_CODES = "1 = correct, 0 = wrong; toolkit only: t = timeout (wrong), s = skipped, c = crash"
+
+
+def verdict_strings(pairs, tk, ours) -> dict:
+    """Per-pair verdicts, one character per pair in pid order, so two labels on the same corpus can be diffed."""
+    def tk_code(t):
+        return {"timeout": "t", "skipped": "s", "crash": "c"}.get(t["status"], "1" if t["correct"] else "0")
+
+    assert [p["pid"] for p in pairs] == list(range(len(pairs)))
+    return {"codes": VERDICT_CODES, "toolkit": "".join(tk_code(tk[p["pid"]]) for p in pairs),
+            "ours": "".join("1" if ours[p["pid"]]["correct"] else "0" for p in pairs)}
+
+
+def verdict_changes(label, result, runs, pairs, tk, ours, limit: int = 50) -> dict:
+    """Pairs whose verdict (ours) differs from each other label measured on the same corpus with verdicts kept."""
+    changes = {}
+    for other, r in runs.items():
+        v = r.get("verdicts")
+        if other == label or not v or r.get("corpus", {}).get("sha256_16") != result["corpus"]["sha256_16"]:
+            continue
+        now = result["verdicts"]["ours"]
+        diff = [i for i, (a, b) in enumerate(zip(v["ours"], now)) if a != b]
+        changes[other] = {"count": len(diff), "pairs": [
+            {"pid": i, "bench": pairs[i]["bench"], "kind": pairs[i]["kind"], "tag": pairs[i]["tag"],
+             "source": pairs[i]["source"], "completion_tail": tail(pairs[i]["completion"]),
+             "was": v["ours"][i] == "1", "now": ours[i]["correct"], "toolkit": tk[i].get("correct"),
+             "toolkit_status": tk[i]["status"], "ours_pred": ours[i]["pred"], "ours_gold": ours[i]["gold"],
+             "ours_error": ours[i]["error"]} for i in diff[:limit]]}
+    return changes
+
+
 def sha256_file(path: str) -> str | None:
     try:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
@@ -709,13 +789,22 @@ def main() -> None:
                    "toolkit_prepare_s": round(tk_meta["seconds_prepare"], 1),
                    "toolkit_math_equal_s": round(tk_meta["seconds_math_equal"], 1), "ours_s": round(ours_s, 1)},
     })
+    result["verdicts"] = verdict_strings(pairs, tk, ours)
+    result["disagreeing_pids"] = [p["pid"] for p in pairs if tk[p["pid"]]["status"] not in ("skipped", "crash")
+                                  and tk[p["pid"]]["correct"] != ours[p["pid"]]["correct"]]
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.exists() else {}
+    result["ours_verdict_changes"] = verdict_changes(args.label, result, doc.get("runs", {}), pairs, tk, ours)
     doc.setdefault("description", "Verdict parity of lightreasoner.grading with the Qwen2.5-Math toolkit "
                                   "(benchmarks/grading_parity.py); runs[label] per measurement.")
     doc.setdefault("runs", {})[args.label] = result
     out.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     print_table(args.label, result)
+    for other, ch in result["ours_verdict_changes"].items():
+        print(f"\nour verdict changed on {ch['count']} pairs vs runs.{other} (same corpus)")
+        for e in ch["pairs"]:
+            print(f"  pid {e['pid']} {e['bench']}/{e['tag']}: {e['was']} -> {e['now']} (toolkit {e['toolkit']}); "
+                  f"pred {e['ours_pred']!r} gold {e['ours_gold']!r} error {e['ours_error']!r}")
     print(f"\nwrote {out} [runs.{args.label}]")
 
 
