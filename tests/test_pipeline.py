@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,45 +12,97 @@ from lightreasoner.problems import generate_problems
 from lightreasoner.sft import sft_records
 from lightreasoner.utils import read_complete_jsonl, read_json
 
-TINY = ["--max-problems", "4", "--max-new-tokens", "8", "--sample-batch-size", "2", "--beta", "0.5",
-        "--steps-per-update", "4", "--max-steps", "3", "--save-every", "2", "--eval-limit", "3",
-        "--eval-max-new-tokens", "8", "--eval-batch-size", "3", "--perplexity-problems", "2", "--dtype", "float32",
-        "--device", "cpu", "--lr", "1e-3"]
+TINY = ["--sample.max-problems", "4", "--sample.max-new-tokens", "8", "--sample.batch-size", "2",
+        "--sample.beta", "0.5", "--train.steps-per-update", "4", "--train.max-steps", "3", "--train.save-every", "2",
+        "--train.lr", "1e-3", "--eval.limit", "3", "--eval.max-new-tokens", "8", "--eval.batch-size", "3",
+        "--perplexity-problems", "2", "--dtype", "float32", "--device", "cpu"]
 
 
 def run_args(model_dirs, run, *extra: str) -> list[str]:
     """`lightreasoner run` on the tiny pair with generated problems, into ``run``."""
     edir, adir = model_dirs
-    return ["run", "--expert", edir, "--amateur", adir, "--data", "none", "--output", str(run), *TINY, *extra]
+    return ["run", "--expert", edir, "--amateur", adir, "--data", "generated", "--output", str(run), *TINY, *extra]
 
 
-def test_run_end_to_end_resumes_and_reports(model_dirs, tmp_path, capsys):
+def meta(folder):
+    return read_json(folder / "meta.json")
+
+
+def test_run_end_to_end_resumes_and_reports(model_dirs, tmp_path, capsys, caplog):
     run = tmp_path / "run"
     args = run_args(model_dirs, run)
     assert cli_main(args) == 0
-    for path in ("samples.jsonl", "samples.manifest.json", "adapter/summary.json", "merged/config.json",
-                 "eval/base/summary.json", "eval/tuned/summary.json", "perplexity.json", "report.md",
-                 "report.html", "run_config.json", "timings.json", "heldout/gsm8k/test.jsonl"):
+    for path in ("config.yaml", "sample/samples.jsonl", "sample/meta.json", "train/summary.json", "train/meta.json",
+                 "merge/config.json", "merge/meta.json", "eval/base/summary.json", "eval/tuned/meta.json",
+                 "perplexity/perplexity.json", "perplexity/meta.json", "report/report.md", "report/report.html",
+                 "report/meta.json"):
         assert (run / path).exists(), path
-    timings = read_json(run / "timings.json")
-    assert set(timings) >= {"sample", "train", "merge", "eval_base", "eval_tuned"}
-    ppl = read_json(run / "perplexity.json")["checkpoints"]
+    assert meta(run / "train")["identity"]["inputs"]["samples"] == meta(run / "sample")["fingerprint"]
+    assert meta(run / "eval" / "tuned")["identity"]["inputs"]["model"] == meta(run / "merge")["fingerprint"]
+    ppl = read_json(run / "perplexity" / "perplexity.json")["checkpoints"]
     assert [p["name"] for p in ppl][0] == "base" and ppl[-1]["name"] == "final" and len(ppl) >= 3
-    report = (run / "report.md").read_text()
+    report = (run / "report" / "report.md").read_text()
     assert "tuned" in report.lower() and "KL" in report
-    # Rerunning finds every stage complete and changes nothing.
-    before = {p: (run / p).read_text() for p in ("samples.jsonl", "eval/tuned/summary.json")}
+    # Rerunning finds every stage done and changes nothing; so does replaying the saved config.
+    metas = {p: (p / "meta.json").read_text() for p in run.glob("**/") if (p / "meta.json").is_file()}
+    caplog.set_level("INFO", logger="lightreasoner")
     assert cli_main(args) == 0
-    assert read_json(run / "timings.json") == timings
-    assert {p: (run / p).read_text() for p in before} == before
-    # A larger evaluation selection evaluates again, reusing the finished records (only eval stages run).
+    assert cli_main(["run", "--config", str(run / "config.yaml")]) == 0
+    assert {p: (p / "meta.json").read_text() for p in metas} == metas
+    assert "nothing to do" in caplog.text
+    # A larger evaluation selection is refused by name; --rerun evaluates again, reusing the finished records,
+    # and redoes exactly the stages it affects.
     old = read_complete_jsonl(run / "eval" / "tuned" / "gsm8k.jsonl")
-    assert cli_main(args + ["--eval-limit", "5"]) == 0
+    assert cli_main(args + ["--eval.limit", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "settings.limit: 3 -> 5" in err and "eval_base" in err and "eval_tuned" in err and "--rerun" in err
+    assert "sample (" not in err and "train (" not in err
+    assert cli_main(args + ["--eval.limit", "5", "--rerun"]) == 0
     new = read_complete_jsonl(run / "eval" / "tuned" / "gsm8k.jsonl")
     assert len(old) == 3 and len(new) == 5 and new[:3] == old
     assert read_json(run / "eval" / "base" / "summary.json")["totals"]["n"] == 5
-    grown = read_json(run / "timings.json")
-    assert grown["eval_tuned"] > timings["eval_tuned"] and grown["sample"] == timings["sample"]
+    for stage in ("sample", "train", "merge", "perplexity"):
+        assert (run / stage / "meta.json").read_text() == metas[run / stage], stage
+    assert (run / "report" / "meta.json").read_text() != metas[run / "report"]
+
+
+def test_a_changed_setting_is_refused_before_any_work_and_rerun_redoes_downstream(model_dirs, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = run_args(model_dirs, run, "--perplexity-problems", "0")
+    assert cli_main(args) == 0
+    before = {s: meta(run / s)["fingerprint"] for s in ("sample", "train", "merge", "eval/base", "eval/tuned")}
+    capsys.readouterr()
+    assert cli_main(args + ["--sample.beta", "0.6"]) == 2
+    err = capsys.readouterr().err
+    assert "settings.beta: 0.5 -> 0.6" in err
+    assert "stages affected: sample, train, merge, eval_tuned, report" in err
+    assert meta(run / "sample")["fingerprint"] == before["sample"]  # nothing was touched
+    assert cli_main(args + ["--sample.beta", "0.6", "--rerun"]) == 0
+    after = {s: meta(run / s)["fingerprint"] for s in before}
+    assert after["eval/base"] == before["eval/base"]  # not affected: kept
+    assert all(after[s] != before[s] for s in ("sample", "train", "merge", "eval/tuned"))
+    assert meta(run / "sample")["config"]["beta"] == 0.6
+
+
+def test_run_config_errors_name_the_section_flags(model_dirs, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli_main(run_args(model_dirs, run, "--sft.samples-per-problem", "0", "--sft.temperature", "0",
+                             "--sample.alpha", "3", "--eval.batch-size", "0")) == 2
+    err = capsys.readouterr().err
+    for text in ("--sft.samples-per-problem must be >= 1", "--sft.temperature must be > 0",
+                 "--sample.alpha must be in (0, 1]", "--eval.batch-size must be > 0"):
+        assert text in err, text
+    assert not run.exists()  # before any work
+    assert cli_main(run_args(model_dirs, run, "--sample.output", "x", "--train.bogus", "1")) == 2
+    err = capsys.readouterr().err
+    assert "--sample.output is set by `run`" in err and "--train.bogus: unknown option" in err
+
+
+def test_missing_data_is_an_error_not_a_substitute(model_dirs, tmp_path, capsys):
+    args = run_args(model_dirs, tmp_path / "run")
+    args[args.index("generated")] = str(tmp_path / "gsm8k_trian.jsonl")
+    assert cli_main(args) == 2
+    assert "gsm8k_trian.jsonl" in capsys.readouterr().err and not (tmp_path / "run" / "sample").exists()
 
 
 def test_run_resumes_after_a_failed_stage(model_dirs, tmp_path, monkeypatch):
@@ -60,12 +113,33 @@ def test_run_resumes_after_a_failed_stage(model_dirs, tmp_path, monkeypatch):
     real = evaluate.main
     monkeypatch.setattr(evaluate, "main", lambda cfg: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert cli_main(args) == 130
-    assert (run / "adapter" / "summary.json").exists() and not (run / "eval" / "base" / "summary.json").exists()
+    assert (run / "train" / "meta.json").exists() and not (run / "eval" / "base" / "meta.json").exists()
     monkeypatch.setattr(evaluate, "main", real)
-    mtime = (run / "samples.jsonl").stat().st_mtime_ns
+    mtime = (run / "sample" / "samples.jsonl").stat().st_mtime_ns
     assert cli_main(args) == 0
-    assert (run / "samples.jsonl").stat().st_mtime_ns == mtime  # not sampled again
-    assert (run / "eval" / "tuned" / "summary.json").exists()
+    assert (run / "sample" / "samples.jsonl").stat().st_mtime_ns == mtime  # not sampled again
+    assert (run / "eval" / "tuned" / "meta.json").exists()
+
+
+def test_a_merge_killed_at_any_point_is_not_done(model_dirs, tmp_path, monkeypatch):
+    from transformers import PreTrainedModel
+
+    run = tmp_path / "run"
+    args = run_args(model_dirs, run, "--perplexity-problems", "0")
+    real = PreTrainedModel.save_pretrained
+
+    def killed_after_the_weights(self, path, *a, **k):  # the weights are written, the tokenizer is not
+        real(self, path, *a, **k)
+        if Path(path).name == "merge":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", killed_after_the_weights)
+    assert cli_main(args) == 130
+    assert (run / "merge" / "config.json").exists() and not (run / "merge" / "tokenizer_config.json").exists()
+    assert not (run / "merge" / "meta.json").exists()
+    monkeypatch.undo()
+    assert cli_main(args) == 0 and (run / "merge" / "tokenizer_config.json").exists()
+    assert (run / "merge" / "meta.json").exists() and (run / "eval" / "tuned" / "meta.json").exists()
 
 
 def test_run_with_sft_evaluates_the_baseline_and_fills_the_efficiency_table(model_dirs, tmp_path, monkeypatch, capsys):
@@ -74,39 +148,23 @@ def test_run_with_sft_evaluates_the_baseline_and_fills_the_efficiency_table(mode
     # Tiny random models are never right; grade every finished solution right so the baseline has data.
     monkeypatch.setattr(sft, "grade_against_reference", lambda completion, answer: ("1", True))
     run = tmp_path / "run"
-    args = run_args(model_dirs, run, "--perplexity-problems", "0", "--with-sft", "--sft-samples-per-problem", "2",
-                    "--sft-max-new-tokens", "6", "--sft-epochs", "1")
+    args = run_args(model_dirs, run, "--perplexity-problems", "0", "--with-sft", "--sft.max-problems", "4",
+                    "--sft.samples-per-problem", "2", "--sft.max-new-tokens", "6", "--sft.epochs", "1", "--seed", "0")
     # ...but they never stop within 6 tokens either, and unfinished solutions are not kept: a clear error.
     assert cli_main(args) == 2
-    assert "were cut at --sft-max-new-tokens 6" in capsys.readouterr().err  # run's flag, not sft's
+    assert "were cut at --sft.max-new-tokens 6" in capsys.readouterr().err  # run's flag, not sft's
     assert len(read_complete_jsonl(run / "sft" / "candidates.jsonl")) == 8
     # Count them finished (as a capable model's would be); the rerun reuses the candidates and goes on.
     real = sft.sft_records
     monkeypatch.setattr(sft, "sft_records", lambda cands: real([{**c, "finish_reason": "eos"} for c in cands]))
     assert cli_main(args) == 0
-    assert {"sft", "eval_sft"} <= set(read_json(run / "timings.json"))
     s = read_json(run / "sft" / "summary.json")
     assert s["problems_sampled"] == 4 and s["tuned_tokens"] > 0
     assert read_json(run / "sft" / "adapter" / "train_config.json")["config"]["epochs"] == 1
     assert read_json(run / "eval" / "sft" / "summary.json")["totals"]["n"] == 3
-    report = (run / "report.md").read_text()
+    assert meta(run / "eval" / "sft")["identity"]["inputs"]["adapter"] == meta(run / "sft")["fingerprint"]
+    report = (run / "report" / "report.md").read_text()
     assert "| SFT |" in report and "LightReasoner / SFT" in report
-
-
-def test_stage_errors_name_runs_flags(model_dirs, tmp_path, capsys):
-    from lightreasoner.pipeline import EVAL_FLAGS, SFT_FLAGS, as_run_flags
-
-    assert as_run_flags("--max-new-tokens 6 (not --sft-max-new-tokens, --max-new-tokens-x)", SFT_FLAGS) == \
-        "--sft-max-new-tokens 6 (not --sft-max-new-tokens, --max-new-tokens-x)"
-    assert as_run_flags("--limit 5; --batch-size 0", EVAL_FLAGS) == "--eval-limit 5; --eval-batch-size 0"
-    # A bad SFT setting that only the SFT stage's config checks: the error names run's flags, both at once.
-    run = tmp_path / "run"
-    args = run_args(model_dirs, run, "--perplexity-problems", "0", "--with-sft", "--sft-samples-per-problem", "0",
-                    "--sft-temperature", "0")
-    assert cli_main(args) == 2
-    err = capsys.readouterr().err
-    assert "--sft-samples-per-problem must be >= 1" in err and "--sft-temperature must be > 0" in err
-    assert (run / "eval" / "tuned" / "summary.json").exists()  # the stages before it are done and kept
 
 
 def test_sft_keeps_only_right_finished_unique_solutions():
@@ -133,7 +191,8 @@ def test_sft_stage_samples_grades_and_trains(model_dirs, tmp_path, monkeypatch):
                             for p in generate_problems(3, seed=5)))
     out = tmp_path / "sft"
     args = ["sft", "--expert", edir, "--data", str(data), "--output", str(out), "--samples-per-problem", "3",
-            "--max-new-tokens", "6", "--batch-size", "9", "--dtype", "float32", "--device", "cpu", "--no-progress"]
+            "--max-new-tokens", "6", "--batch-size", "9", "--dtype", "float32", "--device", "cpu", "--no-progress",
+            "--steps-per-update", "4", "--max-tokens-per-forward", "8"]
     # Random tiny models are never right: the stage says so clearly instead of training on nothing.
     assert cli_main(args) == 2
     cands = read_complete_jsonl(out / "candidates.jsonl")
@@ -144,20 +203,20 @@ def test_sft_stage_samples_grades_and_trains(model_dirs, tmp_path, monkeypatch):
         c["finish_reason"] = "eos"
     (out / "candidates.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cands))
     # Killed after the first update: the checkpoint it saved is where the rerun continues.
-    from lightreasoner import train as train_stage
+    from lightreasoner import checkpoint as ck
 
-    real = train_stage._save_checkpoint
+    real = ck.save
 
     def killed_after_saving(*a, **kw):
         real(*a, **kw)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_stage, "_save_checkpoint", killed_after_saving)
-    assert cli_main(args + ["--save-every", "1", "--steps-per-update", "4"]) == 130  # like Ctrl-C
-    monkeypatch.setattr(train_stage, "_save_checkpoint", real)
-    assert train_stage.find_checkpoint(out / "adapter", "auto").name == "step-000001"
+    monkeypatch.setattr(ck, "save", killed_after_saving)
+    assert cli_main(args + ["--save-every", "1"]) == 130  # like Ctrl-C
+    monkeypatch.setattr(ck, "save", real)
+    assert [d.name for d in ck.checkpoint_folders(out / "adapter")] == ["step-000001"]
     assert read_json(out / "timings.json")["training"] > 0 and not (out / "summary.json").exists()
-    assert cli_main(args + ["--save-every", "1", "--steps-per-update", "4", "--max-tokens-per-forward", "8"]) == 0
+    assert cli_main(args + ["--save-every", "2"]) == 0  # another checkpoint interval: the same result
     assert read_json(out / "adapter" / "train_config.json")["config"]["max_tokens_per_forward"] == 8
     s = read_json(out / "summary.json")
     assert s["problems_sampled"] == 3 and s["trajectories"] == 2 and s["problems_used"] == 1
@@ -173,24 +232,24 @@ def test_sigterm_stops_a_command_like_ctrl_c(model_dirs, tmp_path, monkeypatch):
 
     run = tmp_path / "run"
     args = run_args(model_dirs, run, "--perplexity-problems", "0")
-    real = evaluate.main
+    real = evaluate.evaluate_model
 
-    def killed(cfg):
+    def killed(*a, **k):
         os.kill(os.getpid(), signal.SIGTERM)
-        return real(cfg)  # not reached: the signal interrupts first
+        return real(*a, **k)  # not reached: the signal interrupts first
 
-    monkeypatch.setattr(evaluate, "main", killed)
+    monkeypatch.setattr(evaluate, "evaluate_model", killed)
     before = signal.getsignal(signal.SIGTERM)
     assert cli_main(args) == 130
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is the command's only
-    assert "eval_base" in read_json(run / "timings.json")
-    assert not (run / "eval" / "base" / "summary.json").exists()
-    monkeypatch.setattr(evaluate, "main", real)
-    assert cli_main(args) == 0 and (run / "eval" / "tuned" / "summary.json").exists()
+    assert read_json(run / "eval" / "base" / ".started.json")["seconds"] > 0
+    assert not (run / "eval" / "base" / "meta.json").exists()
+    monkeypatch.setattr(evaluate, "evaluate_model", real)
+    assert cli_main(args) == 0 and (run / "eval" / "tuned" / "meta.json").exists()
 
 
 @pytest.mark.parametrize("command", [
-    ["run", "--data", "none"],
+    ["run", "--data", "generated"],
     ["eval", "--model", "m", "--output", "o"],
     ["sft", "--output", "o"],
     ["merge", "--adapter", "a", "--output", "o"],

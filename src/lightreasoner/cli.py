@@ -17,6 +17,7 @@ import threading
 from typing import Any, Iterator, Sequence
 
 from .config import ConfigError, add_arguments, config_from_args
+from . import __version__
 from .utils import InputError, setup_logging
 
 # command -> (module, config class, entry function, one-line description)
@@ -50,6 +51,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="lightreasoner", description="LightReasoner: teach a reasoning LLM where a small model disagrees with it.")
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
+    parser.add_argument("--version", action="version", version=f"lightreasoner {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, cls_name, _, desc) in COMMANDS.items():
         sp = sub.add_parser(name, help=desc, description=desc)
@@ -58,7 +60,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             if cls.__doc__:
                 sp.description = inspect.cleandoc(cls.__doc__)
                 sp.formatter_class = argparse.RawDescriptionHelpFormatter
-            sp.add_argument("--config", default=None, help="YAML file of options (command-line flags override it)")
+            default = getattr(importlib.import_module(module), "DEFAULT_CONFIG", None)
+            sp.add_argument("--config", default=None, help="YAML file of options (command-line flags override it)" + (
+                f"; default: the shipped `{default}` config, `none` for the commands' own defaults" if default else ""))
+            sp.add_argument("--version", action="version", version=f"lightreasoner {__version__}")
             add_arguments(sp, cls)
     return parser
 
@@ -88,19 +93,41 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return argv[i] if i < len(argv) and argv[i] in COMMANDS else None
 
 
+def _unknown_flags(tokens: Sequence[str]) -> dict[str, str]:
+    """Flags argparse does not know, as ``{name: value}``, so the config resolver reports them with the rest
+    (did-you-mean, "set by run"); a stray word is an error at once."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--"):
+            raise ConfigError([f"unexpected argument {tok!r}"])
+        name, eq, value = tok[2:].partition("=")
+        if not eq:
+            has_value = i + 1 < len(tokens) and not tokens[i + 1].startswith("--")
+            value = tokens[i + 1] if has_value else "true"
+            i += has_value
+        out[name] = value
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command_of(argv)
     parser = build_parser(command)
-    ns = parser.parse_args(argv)
+    ns, unknown = parser.parse_known_args(argv)
     if not ns.command:
         parser.print_help()
         return 1
+    if unknown and not COMMANDS[ns.command][1]:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     setup_logging(ns.log_level)
     module, cls_name, func, _ = COMMANDS[ns.command]
     mod = importlib.import_module(module)
     try:
-        cfg = config_from_args(getattr(mod, cls_name), ns) if cls_name else None
+        cfg = config_from_args(getattr(mod, cls_name), ns, getattr(mod, "DEFAULT_CONFIG", None),
+                               extra=_unknown_flags(unknown)) if cls_name else None
         with _sigterm_interrupts():
             result = getattr(mod, func)(cfg)
     except (ConfigError, InputError) as e:

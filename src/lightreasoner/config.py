@@ -25,7 +25,6 @@ import contextlib
 import contextvars
 import dataclasses
 import difflib
-import json
 import math
 import types
 import typing
@@ -310,10 +309,12 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
 GLOBAL_ARGS = ("config", "command", "func", "log_level", "debug", "version")
 
 
-def config_from_args(cls: type[T], ns: argparse.Namespace, default_config: str | None = None) -> T:
+def config_from_args(cls: type[T], ns: argparse.Namespace, default_config: str | None = None,
+                     extra: Mapping[str, Any] | None = None) -> T:
     """Resolve ``cls`` from a parsed namespace that may carry ``config`` (a YAML path; ``default_config`` when
-    none is given, ``none`` for no file) and stage flags."""
-    cli = {k: v for k, v in vars(ns).items() if k not in GLOBAL_ARGS}
+    none is given, ``none`` for no file) and stage flags; ``extra``: flags the parser did not know (reported as
+    problems with the rest)."""
+    cli = {k: v for k, v in vars(ns).items() if k not in GLOBAL_ARGS} | dict(extra or {})
     path = getattr(ns, "config", None) or default_config
     if path is None or str(path).lower() == "none":
         return resolve(cls, cli=cli)

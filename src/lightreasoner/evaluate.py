@@ -45,7 +45,7 @@ from . import grading
 from .config import ConfigError, flag, option, save_config, to_dict
 from .models import DTYPES
 from .utils import (InputError, atomic_write, JsonlAppender, environment_info, iter_jsonl, read_complete_jsonl, read_json,
-                    require_single_process, write_json, write_jsonl, writes_output)
+                    write_json, write_jsonl, writes_output)
 
 logger = logging.getLogger(__name__)
 
@@ -657,12 +657,11 @@ def _check_output(out: Path, identity: Mapping[str, Any], overwrite: bool, rerun
                            f"pass --rerun to discard them or choose another --output"])
 
 
-@writes_output("eval", kind="folder")
+@writes_output("eval", kind="folder", single_process=True)
 def main(cfg: EvalConfig) -> int:
     """``lightreasoner eval``: evaluate a model (optionally with a LoRA adapter), or compare two runs."""
     if cfg.compare is not None:
         return compare_main(cfg)
-    require_single_process("eval")
     from .models import resolve_source
 
     resolve_source(cfg.model, prepare=False)  # type: ignore[arg-type]  # a mistyped path fails here, not later

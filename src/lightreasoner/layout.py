@@ -36,9 +36,21 @@ STARTED = ".started.json"
 # Identities and fingerprints
 
 
+def _canonical(value: Any) -> Any:
+    """Equal values spelled alike: an integral float is its int (a YAML ``16`` and a default ``16.0``), tuples
+    are lists."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def fingerprint(identity: Mapping[str, Any]) -> str:
     """SHA-256 of an identity's canonical JSON (sorted keys), ``sha256:`` prefixed."""
-    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    blob = json.dumps(_canonical(identity), sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -65,16 +77,17 @@ def file_hash(path: str | Path) -> str:
 
 
 def output_fingerprint(path: str | Path) -> str | None:
-    """The fingerprint of a finished stage output at ``path`` (its folder's, or its own folder's ``meta.json``),
-    else ``None``."""
+    """The fingerprint of the finished stage output at ``path``: of the outermost stage folder holding it (``path``
+    itself or its parent, e.g. ``sft/`` for ``sft/adapter/``), else ``None``."""
     path = Path(path)
+    found = None
     for folder in (path, path.parent):
         meta = folder / META
         if meta.is_file():
             data = read_json(meta)
             if isinstance(data, dict) and data.get("fingerprint"):
-                return str(data["fingerprint"])
-    return None
+                found = str(data["fingerprint"])
+    return found
 
 
 def changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:

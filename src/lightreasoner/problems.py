@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import data as shipped
+from .config import flag
 from .utils import InputError, iter_jsonl, looks_like_hub_id
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def row_to_problem(row: Any, where: str, question_field: str, answer_field: str 
     q = row.get(question_field)
     if not isinstance(q, str) or not q.strip():
         raise InputError(f"{where}: no non-empty {question_field!r} field (fields: {', '.join(map(str, row))}); "
-                         f"pass --question-field NAME")
+                         f"pass {flag('question_field')} NAME")
     ans_raw = row.get(answer_field) if answer_field else None
     answer = solution = None
     if ans_raw is not None:
@@ -85,7 +86,7 @@ def _resolve_folder(folder: Path, split: str) -> Path:
         if (folder / name).exists():
             return folder / name
     raise InputError(f"--data {folder}: no {split}.jsonl/.json/.parquet in this folder (the Qwen2.5-Math "
-                     f"toolkit's layout is DIR/{split}.jsonl); pass --split or a file")
+                     f"toolkit's layout is DIR/{split}.jsonl); pass {flag('split')} or a file")
 
 
 def load_problems(data: str | None, *, split: str = "train", question_field: str = "question",
@@ -130,7 +131,7 @@ def load_problems(data: str | None, *, split: str = "train", question_field: str
             p = row_to_problem(row, where, question_field, answer_field)
         except InputError as e:
             if not skip_bad_rows:
-                raise InputError(f"{e} (or pass --skip-bad-rows)") from None
+                raise InputError(f"{e} (or pass {flag('skip_bad_rows')})") from None
             stats["bad_rows"] = stats.get("bad_rows", 0) + 1
             logger.warning("skipped: %s", e)
             continue

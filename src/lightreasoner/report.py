@@ -38,7 +38,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import flag, option
+from .config import flag, load_yaml, option
+from .layout import RunLayout, read_meta
 from .utils import InputError, atomic_write, read_complete_jsonl, read_json, writes_output
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class ReportConfig:
 
     run_dir: str = option(help="run folder written by `lightreasoner run`", positional=True, result=False)
     tokenizer: str | None = option(None, "tokenizer to show kept steps as text (default: the samples manifest's "
-                                         "expert; ids are shown when it cannot be loaded)")
+                                         "expert; ids are shown when it cannot be loaded)", result=False)
     cases: int = option(5, "examples per direction in the case study (base wrong -> tuned right, and the reverse)")
     kept_step_examples: int = option(5, "kept steps shown as `lightreasoner inspect` prints them")
 
@@ -260,21 +261,25 @@ class RunData:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "RunData":
-        run = Path(run_dir)
-        samples = run / "samples.jsonl"
-        records = read_complete_jsonl(samples) if samples.is_file() else None
+        L = RunLayout(run_dir)
+        records = read_complete_jsonl(L.samples) if L.samples.is_file() else None
         if records is not None and records and not isinstance(records[0].get("kl"), list):
-            logger.warning("%s does not hold `lightreasoner sample` records (no per-step kl); ignored", samples)
+            logger.warning("%s does not hold `lightreasoner sample` records (no per-step kl); ignored", L.samples)
             records = None
-        adapter = run / "adapter"
-        metrics = read_complete_jsonl(adapter / "metrics.jsonl") if (adapter / "metrics.jsonl").is_file() else []
-        return cls(run_dir=run, run_config=_read_json_or_none(run / "run_config.json"),
-                   timings=_read_json_or_none(run / "timings.json") or {}, records=records,
-                   manifest=_read_json_or_none(run / "samples.manifest.json"),
-                   train_summary=_read_json_or_none(adapter / "summary.json"), metrics=metrics,
-                   evals={n: run / "eval" / n for n in RUN_NAMES if _has_jsonl(run / "eval" / n)},
-                   sft_summary=_read_json_or_none(run / "sft" / "summary.json"),
-                   perplexity=_read_json_or_none(run / "perplexity.json"))
+        metrics = read_complete_jsonl(L.train / "metrics.jsonl") if (L.train / "metrics.jsonl").is_file() else []
+        run_config = {"config": load_yaml(L.config)} if L.config.is_file() else None
+        timings = {}
+        for name, folder in (("sample", L.sample), ("train", L.train), ("merge", L.merge),
+                             *((f"eval_{n}", L.eval(n)) for n in RUN_NAMES), ("sft", L.sft),
+                             ("perplexity", L.perplexity)):
+            meta = read_meta(folder)
+            if meta is not None:
+                timings[name] = meta.get("seconds")
+        return cls(run_dir=L.root, run_config=run_config, timings=timings, records=records,
+                   manifest=read_meta(L.sample), train_summary=_read_json_or_none(L.train / "summary.json"),
+                   metrics=metrics, evals={n: L.eval(n) for n in RUN_NAMES if _has_jsonl(L.eval(n))},
+                   sft_summary=_read_json_or_none(L.sft / "summary.json"),
+                   perplexity=_read_json_or_none(L.perplexity / "perplexity.json"))
 
     def sample_setting(self, name: str, default: Any = None) -> Any:
         """A sampling setting (alpha, beta, ...) from the samples manifest, else the run config."""
@@ -370,7 +375,7 @@ def section_overview(doc: Doc, data: RunData, figdir: Path, opts: dict) -> None:
         v = data.sample_setting(name)
         if v is not None:
             facts.append(f"{name}: {v}")
-    env = (data.run_config or {}).get("environment") or manifest.get("environment") or {}
+    env = manifest.get("versions") or manifest.get("environment") or {}
     if env:
         facts.append("environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
     doc.bullets(facts)
@@ -382,7 +387,7 @@ def section_overview(doc: Doc, data: RunData, figdir: Path, opts: dict) -> None:
         doc.heading(2, "Stage times")
         doc.table(["stage", "wall time", "seconds"], rows)
     else:
-        doc.note("No timings.json: stage times are not known.")
+        doc.note("No stage meta.json: stage times are not known.")
 
 
 def lightreasoner_costs(data: RunData) -> dict[str, Any]:
@@ -886,7 +891,8 @@ def write_report(run_dir: str | Path, tokenizer: Any = None, *, cases: int = 5, 
         raise InputError(f"--run-dir {run}: no such folder; point to a folder written by `lightreasoner run`")
     data = RunData.load(run)
     doc = Doc()
-    figdir = run / "figures"
+    out = RunLayout(run).report
+    figdir = out / "figures"
     opts = {"tokenizer": tokenizer, "cases": cases, "kept_step_examples": kept_step_examples}
     for name, build in SECTIONS:
         try:
@@ -894,7 +900,7 @@ def write_report(run_dir: str | Path, tokenizer: Any = None, *, cases: int = 5, 
         except Exception as e:  # noqa: BLE001 - a report of a partial or odd run must still be written
             logger.warning("report section %r failed; noted in the report", name, exc_info=True)
             doc.note(f"The {name} section could not be built ({type(e).__name__}: {e}).")
-    md_path, html_path = run / "report.md", run / "report.html"
+    md_path, html_path = out / "report.md", out / "report.html"
     for path, text in ((md_path, doc.markdown()), (html_path, doc.html(f"LightReasoner report: {run.name}"))):
         atomic_write(path, text)
     logger.info("wrote %s and %s (%d figures)", md_path, html_path, len(doc.figures))

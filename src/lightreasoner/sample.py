@@ -34,7 +34,7 @@ from .contrast import StepReduction, reduce_step
 from .embedded import DEFAULT_AMATEUR, DEFAULT_EXPERT
 from .generation import CachedDecoder, left_pad
 from .problems import Problem, load_problems
-from .utils import (InputError, JsonlAppender, Stopwatch, dist_info, environment_info, read_complete_jsonl,
+from .utils import (InputError, JsonlAppender, Stopwatch, dist_info, read_complete_jsonl,
                     read_json, write_json, write_jsonl, writes_output)
 
 logger = logging.getLogger(__name__)

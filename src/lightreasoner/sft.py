@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import layout
 from .config import flag, option, resolve, to_dict
 from .embedded import DEFAULT_EXPERT
 from .problems import Problem, load_problems
@@ -63,7 +64,7 @@ class SFTConfig:
                                               "every solution token gets full-vocabulary logits, so this sets the "
                                               "peak memory (4096 reached 24 GB on the 1.5B on CPU)")
     save_every: int | None = option(10, "save a resumable training checkpoint every this many updates (none: only "
-                                        "the final adapter, so a killed training starts over)")
+                                        "the final adapter, so a killed training starts over)", result=False)
     lr: float = option(5e-5, "peak learning rate")
     lora_r: int = option(8, "LoRA rank")
     lora_alpha: float = option(16, "LoRA alpha")
@@ -71,6 +72,8 @@ class SFTConfig:
     dtype: str = option("auto", "model dtype", choices=("auto", "float32", "bfloat16", "float16"), run_sets=True)
     device: str | None = option(None, "device (default: cuda if available, else cpu)", run_sets=True, result=False)
     progress: bool = option(True, "show progress bars", result=False)
+    rerun: bool = option(False, "redo the stage when --output holds an SFT run of other settings (it is deleted)",
+                         result=False, saved=False, run_sets=True)
 
     def validate(self) -> list[str]:
         errs = []
@@ -149,19 +152,27 @@ def sft_records(candidates: Sequence[dict]) -> list[dict]:
     return out
 
 
-@writes_output("sft", kind="folder")
-def main(cfg: SFTConfig) -> int:
-    from . import train as train_stage
-    from .utils import require_single_process
+def identity(cfg: SFTConfig, **inputs: str) -> dict:
+    """The SFT stage's identity: the expert and the problems' fingerprints, and the result settings."""
+    found = {"expert": lambda: layout.model_input(cfg.expert), "data": lambda: layout.data_input(cfg.data)}
+    return layout.stage_identity("sft", cfg, {k: inputs.get(k) or f() for k, f in found.items()})
 
-    require_single_process("sft")
+
+@writes_output("sft", kind="folder", single_process=True)
+def main(cfg: SFTConfig) -> int:
+    """``lightreasoner sft``: sample, keep the right solutions, train; meta.json in --output is written last."""
+    with layout.StageRun(cfg.output, identity(cfg), rerun=cfg.rerun) as stage:
+        if stage.done:
+            logger.info("%s is complete for these settings; nothing to do", cfg.output)
+            return 0
+        return _sft(cfg, stage)
+
+
+def _sft(cfg: SFTConfig, stage: layout.StageRun) -> int:
+    from . import train as train_stage
     from .models import load_model
 
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "summary.json").exists():
-        logger.info("%s is complete; nothing to do", out / "summary.json")
-        return 0
     problems = load_problems(cfg.data, split=cfg.split, question_field=cfg.question_field,
                              answer_field=cfg.answer_field, max_problems=cfg.max_problems,
                              shuffle_seed=cfg.shuffle_seed, skip_bad_rows=cfg.skip_bad_rows,
@@ -169,7 +180,8 @@ def main(cfg: SFTConfig) -> int:
     missing = [p.id for p in problems if not p.answer]
     if missing:
         raise InputError(f"--data {cfg.data}: {len(missing)} problems have no reference answer in "
-                         f"--answer-field {cfg.answer_field!r} (first: {missing[0]}); SFT needs them to grade")
+                         f"{flag('answer_field')} {cfg.answer_field!r} (first: {missing[0]}); SFT needs them to grade")
+    stage.start()
     timings = read_json(out / "timings.json") if (out / "timings.json").exists() else {}
     cand_path = out / "candidates.jsonl"
     if len(read_complete_jsonl(cand_path)) < len(problems) * cfg.samples_per_problem:
@@ -197,9 +209,9 @@ def main(cfg: SFTConfig) -> int:
         cut = sum(c["correct"] and c["finish_reason"] == "length" for c in candidates)
         if right and cut == right:
             raise InputError(f"all {right} right solutions of {len(candidates)} sampled were cut at "
-                             f"--max-new-tokens {cfg.max_new_tokens} (unfinished solutions are not kept); raise it")
+                             f"{flag('max_new_tokens')} {cfg.max_new_tokens} (unfinished solutions are not kept); raise it")
         raise InputError(f"no sampled solution was right ({len(candidates)} sampled); raise "
-                         f"--samples-per-problem or --temperature, or check --answer-field")
+                         f"{flag('samples_per_problem')} or {flag('temperature')}, or check {flag('answer_field')}")
     samples = out / "train_samples.jsonl"
     write_jsonl(samples, records)
     write_json(train_stage.manifest_path(samples), {"expert": {**describe, "fingerprint": fingerprint},
@@ -231,6 +243,8 @@ def main(cfg: SFTConfig) -> int:
         "environment": environment_info(),
     }
     write_json(out / "summary.json", summary)
+    stage.finish(config=to_dict(cfg), counts={k: summary[k] for k in (
+        "problems_sampled", "problems_used", "samples", "correct_samples", "trajectories", "tuned_tokens")})
     logger.info("SFT: %d/%d problems had a right solution; %s tuned tokens", summary["problems_used"],
                 len(problems), summary["tuned_tokens"])
     return 0

@@ -61,7 +61,7 @@ from . import embedded, models
 from .config import ConfigError, flag, option, to_dict
 from .contrast import soft_label_kl_loss
 from .utils import (InputError, environment_info, iter_jsonl, read_complete_jsonl, read_json,
-                    require_single_process, write_json, writes_output)
+                    write_json, writes_output)
 
 logger = logging.getLogger(__name__)
 
@@ -1140,10 +1140,9 @@ def _stored_dtype(src: models.ModelSource | None) -> torch.dtype:
     return torch.float32
 
 
-@writes_output("merge", kind="folder")
+@writes_output("merge", kind="folder", single_process=True)
 def merge_main(cfg: MergeConfig) -> int:
     """``lightreasoner merge``: write base + adapter as one standalone model."""
-    require_single_process("merge")
     adapter = Path(cfg.adapter)
     models.resolve_source(cfg.expert, prepare=False)
     if not (adapter / "adapter_config.json").is_file():

@@ -84,6 +84,12 @@ def read_json(path: str | Path) -> Any:
                          f"or fix it") from None
 
 
+def _flag(name: str) -> str:
+    from .config import flag  # (config imports nothing of ours at import time; utils stays importable alone)
+
+    return flag(name)
+
+
 def _decode(raw: bytes, path: str | Path, n: int) -> str:
     try:
         return raw.decode("utf-8")
@@ -106,7 +112,7 @@ def iter_jsonl(path: str | Path, *, skip_bad: bool = False, stats: dict | None =
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise InputError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); fix or remove the "
-                                     f"line, or pass --skip-bad-rows") from None
+                                     f"line, or pass {_flag('skip_bad_rows')}") from None
             except InputError as e:
                 if not skip_bad:
                     raise
@@ -264,11 +270,16 @@ def output_lock(output: str | Path, command: str, kind: str | None = None) -> It
         os.close(fd)  # releases the flock
 
 
-def writes_output(command: str, kind: str, field: str = "output") -> Callable[[F], F]:
-    """Decorate a stage's ``main(cfg)`` to hold :func:`output_lock` on ``cfg.<field>`` (when set) throughout."""
+def writes_output(command: str, kind: str, field: str = "output", single_process: bool = False
+                  ) -> Callable[[F], F]:
+    """Decorate a stage's ``main(cfg)`` to hold :func:`output_lock` on ``cfg.<field>`` (when set) throughout;
+    ``single_process``: first refuse to run under a launcher (:func:`require_single_process`), before any file
+    is touched."""
     def decorate(main: F) -> F:
         @functools.wraps(main)
         def locked(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+            if single_process:
+                require_single_process(command)
             output = getattr(cfg, field, None)
             if output is None:
                 return main(cfg, *args, **kwargs)
