@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from lightreasoner import cli
 from lightreasoner import evaluate as E
 from lightreasoner import report as R
+from lightreasoner.layout import RunLayout
 from lightreasoner.problems import Problem
-from lightreasoner.sample import build_prompt_ids
+from lightreasoner.prompts import build_prompt_ids
 from lightreasoner.testing import byte_tokenizer, gsm8k_style_rows, tiny_causal_lm
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -73,12 +75,22 @@ def synthetic_records(n: int = 6, seed: int = 0) -> list[dict]:
     return recs
 
 
-def write_samples(run: Path, records: list[dict], expert_spec: str = "/nonexistent/expert") -> None:
-    write_jsonl(run / "samples.jsonl", records)
-    manifest = {"complete": True, "config": {"alpha": 0.2, "beta": BETA, "max_new_tokens": 24},
-                "expert": {"spec": expert_spec, "fingerprint": "sha256:x"}, "amateur": {"spec": "/nonexistent/a"},
-                "counts": {"problems": len(records)}, "timings": {"wall_s": 12.0}}
-    (run / "samples.manifest.json").write_text(json.dumps(manifest))
+def write_meta(folder: Path, stage: str, seconds: float, **extra) -> None:
+    """A stage folder's meta.json, as `layout.finish` writes it (last)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"stage": stage, "fingerprint": f"sha256:{stage}", "identity": {"stage": stage}, "config": {},
+            "counts": {}, "seconds": seconds, "finished": 0.0, "versions": {"python": "3.11"}, **extra}
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def write_samples(run: Path, records: list[dict], expert_spec: str = "/nonexistent/expert",
+                  seconds: float = 12.0) -> None:
+    L = RunLayout(run)
+    write_jsonl(L.samples, records)
+    write_meta(L.sample, "sample", seconds, complete=True,
+               config={"alpha": 0.2, "beta": BETA, "max_new_tokens": 24},
+               expert={"spec": expert_spec, "fingerprint": "sha256:x"}, amateur={"spec": "/nonexistent/a"},
+               counts={"problems": len(records)}, timings={"wall_s": 12.0})
 
 
 def eval_record(benchmark: str, i: int, correct: bool, model: str) -> dict:
@@ -92,39 +104,43 @@ def eval_record(benchmark: str, i: int, correct: bool, model: str) -> dict:
 
 
 def write_eval(run: Path, model: str) -> None:
-    folder = run / "eval" / model
+    folder = RunLayout(run).eval(model)
     per = {}
     for b, pats in PATTERNS.items():
         recs = [eval_record(b, i, c, model) for i, c in enumerate(pats[model])]
         write_jsonl(folder / f"{b}.jsonl", recs)
         per[b] = E.summarize_records(b, recs)
     (folder / "summary.json").write_text(json.dumps(E.overall_summary(per)))
+    if f"eval_{model}" in TIMINGS:
+        write_meta(folder, "eval", TIMINGS[f"eval_{model}"])
 
 
 def write_adapter(run: Path, summary: bool = True) -> None:
-    adapter = run / "adapter"
+    adapter = RunLayout(run).train
     metrics = [{"update": u, "epoch": u / 10, "loss": 1.5 / (1 + 0.1 * u), "lr": 5e-5, "grad_norm": 0.5,
                 "kept_steps_per_s": 10.0, "tokens_per_s": 100.0, "peak_memory_gb": 0.0,
                 "kept_steps_seen": 16 * u, "elapsed_s": 4.0 * u} for u in range(2, 21, 2)]
     write_jsonl(adapter / "metrics.jsonl", metrics)
     if summary:
         (adapter / "summary.json").write_text(json.dumps(TRAIN_SUMMARY))
+        write_meta(adapter, "train", TIMINGS["train"], counts={"updates": TRAIN_SUMMARY["updates"]})
 
 
 @pytest.fixture
 def full_run(tmp_path) -> Path:
     run = tmp_path / "run"
     run.mkdir()
-    (run / "run_config.json").write_text(json.dumps({"config": {"expert": "e", "amateur": "a", "beta": BETA},
-                                                     "environment": {"python": "3.11"}}))
-    (run / "timings.json").write_text(json.dumps(TIMINGS))
-    write_samples(run, synthetic_records())
+    L = RunLayout(run)
+    L.config.write_text(yaml.safe_dump({"expert": "e", "amateur": "a", "with_sft": True, "sample": {"beta": BETA}}))
+    write_samples(run, synthetic_records(), seconds=TIMINGS["sample"])
     write_adapter(run)
+    write_meta(L.merge, "merge", TIMINGS["merge"])
     for m in ("base", "tuned", "sft"):
         write_eval(run, m)
-    (run / "sft").mkdir()
-    (run / "sft" / "summary.json").write_text(json.dumps(SFT_SUMMARY))
-    (run / "perplexity.json").write_text(json.dumps({"problems": 7, "checkpoints": [
+    L.sft.mkdir()
+    (L.sft / "summary.json").write_text(json.dumps(SFT_SUMMARY))
+    L.perplexity.mkdir()
+    (L.perplexity / "perplexity.json").write_text(json.dumps({"problems": 7, "checkpoints": [
         {"name": "base", "step": 0, "mean_nll": 1.2, "perplexity": math.exp(1.2)},
         {"name": "step-000010", "step": 10, "mean_nll": 1.1, "perplexity": math.exp(1.1)},
         {"name": "final", "step": 20, "mean_nll": 1.0, "perplexity": math.exp(1.0)}]}))
@@ -236,7 +252,7 @@ def test_figures_are_pngs_and_html_embeds_them(full_run):
     R.write_report(full_run)
     names = {"kl_histogram", "kept_rate_by_position", "plausible_set_size", "training_loss", "accuracy",
              "perplexity"}
-    figs = {p.stem: p for p in (full_run / "figures").glob("*.png")}
+    figs = {p.stem: p for p in (full_run / "report" / "figures").glob("*.png")}
     assert set(figs) == names
     import matplotlib.image as mpimg
 
@@ -245,10 +261,10 @@ def test_figures_are_pngs_and_html_embeds_them(full_run):
         assert data.startswith(PNG_MAGIC) and len(data) > 2000
         img = mpimg.imread(p)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
-    md = (full_run / "report.md").read_text()
+    md = (full_run / "report" / "report.md").read_text()
     for n in names:
         assert f"](figures/{n}.png)" in md
-    page = (full_run / "report.html").read_text()
+    page = (full_run / "report" / "report.html").read_text()
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(embedded) == len(names)
     assert {base64.b64decode(e) for e in embedded} == {p.read_bytes() for p in figs.values()}
@@ -262,8 +278,8 @@ def test_samples_only_folder_still_gets_a_report(tmp_path):
     write_samples(run, synthetic_records(4, seed=3))
     md = R.write_report(run).read_text()
     assert "could not be built" not in md
-    for note in ("No eval/base", "No adapter/summary.json", "No perplexity.json", "Needs both eval/base",
-                 "No timings.json"):
+    for note in ("No eval/base", "No train/summary.json", "No perplexity/perplexity.json", "Needs both eval/base",
+                 "No train/meta.json"):
         assert note in md, note
     assert "## Sampling" in md and "top-1 agree" in md
     # efficiency row exists with what is known: problems, unknown time / tokens / gain
@@ -271,16 +287,16 @@ def test_samples_only_folder_still_gets_a_report(tmp_path):
     assert row[4] == "4" and row[5] == "-" and row[6] == "-"
     # the manifest's expert cannot be loaded: ids instead of text, no crash
     assert "Token ids shown instead of text" in md and re.search(r"'<\d+>", md)
-    assert {p.stem for p in (run / "figures").glob("*.png")} == {"kl_histogram", "kept_rate_by_position",
-                                                                 "plausible_set_size"}
-    assert (run / "report.html").read_text().count("data:image/png;base64,") == 3
+    assert {p.stem for p in (run / "report" / "figures").glob("*.png")} == {"kl_histogram", "kept_rate_by_position",
+                                                                            "plausible_set_size"}
+    assert (run / "report" / "report.html").read_text().count("data:image/png;base64,") == 3
 
 
 def test_unfinished_training_and_empty_folder(tmp_path):
     run = tmp_path / "r"
     write_adapter(run, summary=False)
     md = R.write_report(run).read_text()
-    assert "training has not finished" in md and (run / "figures" / "training_loss.png").exists()
+    assert "training has not finished" in md and (run / "report" / "figures" / "training_loss.png").exists()
     assert table_row(md, "LightReasoner")[5] == "320"  # kept steps seen so far, from the metrics
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -293,7 +309,7 @@ def test_unfinished_training_and_empty_folder(tmp_path):
 def test_cli_report_command(full_run, capsys):
     assert cli.main(["report", "--run-dir", str(full_run), "--cases", "1", "--kept-step-examples", "2"]) == 0
     assert capsys.readouterr().out.strip().endswith("report.md")
-    md = (full_run / "report.md").read_text()
+    md = (full_run / "report" / "report.md").read_text()
     assert "(first 1 of 8)" in md and len(re.findall(r"\[p\d+ step \d+\] KL", md)) == 2
     assert cli.main(["report", "--run-dir", str(full_run), "--cases", "-1"]) == 2
 
@@ -368,7 +384,7 @@ def test_gold_perplexity_is_lower_for_a_model_fitted_to_the_gold(ppl_problems):
 
 def test_report_warns_when_models_were_evaluated_on_different_problems(full_run):
     assert "Not evaluated on the same problems" not in (R.write_report(full_run).read_text())
-    tuned = full_run / "eval" / "tuned" / "gsm8k.jsonl"
+    tuned = RunLayout(full_run).eval("tuned") / "gsm8k.jsonl"
     rows = tuned.read_text().splitlines()
     tuned.write_text("\n".join(rows[:4]) + "\n")  # an unfinished evaluation
     md = R.write_report(full_run).read_text()
