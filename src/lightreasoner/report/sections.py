@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ..benchmarks import ALL_BENCHMARKS
 from ..utils import read_complete_jsonl
 from .data import RUN_NAMES, RunData, eval_accuracies, lightreasoner_costs, sft_costs
-from .document import (Doc, fmt, fmt_ci, fmt_duration, fmt_int, fmt_p, fmt_ratio, fmt_signed, shorten)
+from .document import Doc, fmt, fmt_ci, fmt_duration, fmt_int, fmt_p, fmt_ratio, fmt_signed, shorten
 from .plots import plot_accuracy, plot_perplexity, plot_training_loss
 from .sampling import section_kept_steps, section_sampling
 
