@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from lightreasoner import grading
+from lightreasoner.grade import GradeConfig, grade_main
 from lightreasoner.grading import (
-    ALL_BENCHMARKS, BENCHMARKS, FEW_SHOT, GradeConfig, build_qwen25_math_prompt, choice_answer_clean,
-    extract_answer, extract_prediction, grade, grade_main, grade_many, math_equal, parse_gold, parse_question,
-    strip_string)
+    ALL_BENCHMARKS, BENCHMARKS, FEW_SHOT, build_qwen25_math_prompt, choice_answer_clean, extract_answer,
+    extract_prediction, grade, grade_many, math_equal, parse_gold, parse_question, strip_string)
 from lightreasoner.utils import InputError
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "bench"

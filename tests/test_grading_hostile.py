@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lightreasoner import grading
+from lightreasoner.grade import GradeConfig
 
 # --------------------------------------------------------------------------------------------- linear-time cleaning
 
@@ -257,7 +258,7 @@ def test_long_texts_given_to_math_equal_are_bounded_too():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, 0.0])
 def test_timeout_must_be_finite_and_positive(bad, tmp_path):
-    problems = grading.GradeConfig(benchmark="math", input=str(tmp_path / "a"), output=str(tmp_path / "b"),
+    problems = GradeConfig(benchmark="math", input=str(tmp_path / "a"), output=str(tmp_path / "b"),
                                    timeout=bad).validate()
     assert f"--timeout must be a finite number > 0, got {bad}" in problems
     with pytest.raises(ValueError, match="finite number > 0"):

@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "merge": ("lightreasoner.train", "MergeConfig", "merge_main", "merge a LoRA adapter into a standalone model"),
     "eval": ("lightreasoner.evaluate", "EvalConfig", "main",
              "zero-shot greedy pass@1 on the paper's benchmarks (or --compare two runs)"),
-    "grade": ("lightreasoner.grading", "GradeConfig", "grade_main",
+    "grade": ("lightreasoner.grade", "GradeConfig", "grade_main",
               "grade completions as the Qwen2.5-Math toolkit does"),
     "sft": ("lightreasoner.sft", "SFTConfig", "main", "the rejection-sampling SFT baseline"),
     "run": ("lightreasoner.pipeline", "RunConfig", "main", "everything: sample, train, merge, eval, report"),

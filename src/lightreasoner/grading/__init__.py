@@ -28,13 +28,15 @@ latex2sympy2 1.9.0), antlr4-python3-runtime (sympy's ``parse_latex`` wants 4.11;
 sympy's own generated 4.11 parser directly, which the runtime accepts), word2number.
 """
 
-from .cli import GradeConfig, _check_gold_field, _read_grade_input, grade_main
+from ..benchmarks import ALL_BENCHMARKS, FEW_SHOT
+from ..benchmarks import PAPER_BENCHMARKS as BENCHMARKS
+from ..prompts import BOXED_SYSTEM_PROMPT as SYSTEM_PROMPT
+from ..prompts import QWEN25_MATH_COT_TEMPLATE, STOP_STRINGS, build_qwen25_math_prompt
 from .equal import _NeedsSymbolic, _defer_symbolic, _isclose, _math_equal, _parse_number, _set_groups, _sets_to_pmatrix
-from .extract import (ALL_BENCHMARKS, BENCHMARKS, FEW_SHOT, LETTERS, MULTIPLE_CHOICE, QWEN25_MATH_COT_TEMPLATE,
-                      SKIP_UNIT, STOP_STRINGS, SYSTEM_PROMPT, _boxed_content, _first_pass_gold, _gold_field,
-                      _gold_field_text, _gold_passes, _last_choice_letter, _prepare_from_field, _rules_for,
-                      build_qwen25_math_prompt, choice_answer_clean, clean_completion, extract_answer,
-                      extract_prediction, parse_gold, parse_question)
+from .extract import (LETTERS, MULTIPLE_CHOICE, SKIP_UNIT, _boxed_content, _first_pass_gold, check_gold_field,
+                      _gold_field, _gold_field_text, _gold_passes, _last_choice_letter, _prepare_from_field,
+                      _rules_for, choice_answer_clean, clean_completion, extract_answer, extract_prediction,
+                      parse_gold, parse_question)
 from .grade import GradeResult, grade, grade_many
 from .normalise import (_PARENTHESISED, _ZERO_DECIMALS_END, _ZERO_DECIMALS_INNER, _brace_frac_shorthands,
                         _cut_trailing_text, _sub_bounded, strip_string)
@@ -45,8 +47,8 @@ from .worker import (_WORKER, INPROCESS_MAX_CHARS, MAX_TEXT_CHARS, _cheap_verdic
                      math_equal)
 
 __all__ = [
-    "BENCHMARKS", "ALL_BENCHMARKS", "FEW_SHOT", "STOP_STRINGS", "GradeResult", "GradeConfig",
+    "BENCHMARKS", "ALL_BENCHMARKS", "FEW_SHOT", "STOP_STRINGS", "GradeResult",
     "build_qwen25_math_prompt", "parse_question", "parse_gold", "extract_answer", "extract_prediction",
-    "strip_string", "choice_answer_clean", "clean_completion", "math_equal", "grade", "grade_many", "grade_main",
+    "strip_string", "choice_answer_clean", "clean_completion", "math_equal", "grade", "grade_many",
     "INPROCESS_MAX_CHARS", "MAX_TEXT_CHARS",
 ]

@@ -1,54 +1,28 @@
-"""Benchmarks, the ``qwen25-math-cot`` prompt, questions, golds and answer extraction, as the toolkit does them
-(sections 3-6 of ``/work/shared/EVAL_SPEC.md``)."""
+"""Questions, golds and answer extraction, as the toolkit does them (sections 4-6 of ``/work/shared/EVAL_SPEC.md``).
+
+The benchmark table is :mod:`lightreasoner.benchmarks`; the prompt (section 3) and stop strings are in
+:mod:`lightreasoner.prompts`."""
 
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any
 
-from ..grading_data import MMLU_STEM_DEMOS
+from ..benchmarks import ALL_BENCHMARKS, RULES
+from ..prompts import STOP_STRINGS
 from .normalise import _PARENTHESISED, _sub_bounded, strip_string
 
-# The seven benchmarks of the paper's table, in its order.
-BENCHMARKS: tuple[str, ...] = ("gsm8k", "math", "svamp", "asdiv", "minerva_math", "olympiadbench", "mmlu_stem")
-# Also graded: MATH-500 (with the ``math`` rules; the toolkit has no such data name) and MAWPS.
-ALL_BENCHMARKS: tuple[str, ...] = BENCHMARKS + ("math500", "mawps")
-_RULES = {name: name for name in ALL_BENCHMARKS} | {"math500": "math"}
-
+# Which benchmark follows which rules is the benchmark table's (lightreasoner.benchmarks); these are the rules'.
 MULTIPLE_CHOICE = ("mmlu_stem", "sat_math", "aqua", "gaokao2023")  # extract_answer returns the choice letter
 SKIP_UNIT = ("carp_en", "minerva_math")  # no unit-word removal for these
 LETTERS = ("A", "B", "C", "D", "E")
-STOP_STRINGS: tuple[str, ...] = ("</s>", "<|im_end|>", "<|endoftext|>")
-
-SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
-QWEN25_MATH_COT_TEMPLATE = ("<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n"
-                            "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n")
-
-# Few-shot demos (question, answer); only mmlu_stem has them (Qwen's sh/eval.sh runs it 5-shot).
-FEW_SHOT: dict[str, list[tuple[str, str]]] = {"mmlu_stem": [tuple(d) for d in MMLU_STEM_DEMOS]}
 
 
 def _rules_for(benchmark: str) -> str:
     try:
-        return _RULES[benchmark]
+        return RULES[benchmark]
     except KeyError:
         raise ValueError(f"unknown benchmark {benchmark!r}; choose from {', '.join(ALL_BENCHMARKS)}") from None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Prompt
-# ---------------------------------------------------------------------------------------------------------------
-
-def build_qwen25_math_prompt(question: str, shots: Sequence[tuple[str, str]] = ()) -> str:
-    """The raw ``qwen25-math-cot`` prompt string (ChatML markup included; no chat template is applied).
-
-    Few-shot: each demo becomes ``q + "\\n" + a``; demos are joined by a blank line and the question follows after
-    another blank line, all inside one user turn. Only spaces are stripped from the ends.
-    """
-    text = question
-    if shots:
-        text = "\n\n".join(q + "\n" + a for q, a in shots) + "\n\n" + question
-    return QWEN25_MATH_COT_TEMPLATE.replace("{input}", text).strip(" ")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -284,3 +258,10 @@ def _gold_field_text(rules: str, field: Any) -> str | None:
     if isinstance(field, str):
         return field
     return str(field) if rules in ("svamp", "mawps") else None
+
+
+def check_gold_field(rules: str, example: dict) -> None:
+    """Raise unless the row has a gold field these rules can read (cheap: nothing is normalised here)."""
+    field = _gold_field(rules, example)
+    if _gold_field_text(rules, field) is None:
+        raise TypeError(f"the gold field is a {type(field).__name__}, not text")

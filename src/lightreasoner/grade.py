@@ -1,17 +1,21 @@
-"""``lightreasoner grade``: grade a JSONL file of (example, completion) pairs."""
+"""``lightreasoner grade``: grade a JSONL file of (example, completion) pairs as the Qwen2.5-Math toolkit does.
+
+The stage around :func:`lightreasoner.grading.grade_many` (the rules are the grading package's): reads the lines,
+checks each one before any grading starts, writes them back in order with the verdicts, prints the accuracy.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import option
-from ..utils import InputError
-from .extract import ALL_BENCHMARKS, _gold_field, _gold_field_text, _rules_for
-from .grade import grade_many
+from .benchmarks import ALL_BENCHMARKS
+from .config import option
+from .grading import grade_many
+from .grading.extract import _rules_for, check_gold_field
+from .utils import InputError, write_jsonl
 
 
 @dataclass(frozen=True)
@@ -35,14 +39,8 @@ class GradeConfig:
         return problems
 
 
-def _check_gold_field(rules: str, example: dict) -> None:
-    """Raise unless the row has a gold field these rules can read (cheap: nothing is normalised here)."""
-    field = _gold_field(rules, example)
-    if _gold_field_text(rules, field) is None:
-        raise TypeError(f"the gold field is a {type(field).__name__}, not text")
-
-
-def _read_grade_input(path: str, rules: str) -> list[dict]:
+def read_grade_input(path: str, rules: str) -> list[dict]:
+    """The lines of ``--input``, each checked (JSON, the two fields, a gold these rules read) before grading."""
     if not Path(path).is_file():
         raise InputError(f"--input: no such file {path!r}")
     rows = []
@@ -60,7 +58,7 @@ def _read_grade_input(path: str, rules: str) -> list[dict]:
                 raise InputError(f"{path}:{n}: expected {{\"example\": {{...}}, \"completion\": \"...\"}}; fix or "
                                  f"remove the line")
             try:
-                _check_gold_field(rules, row["example"])
+                check_gold_field(rules, row["example"])
             except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
                 raise InputError(f"{path}:{n}: the example has no usable gold for this benchmark "
                                  f"({type(e).__name__}: {e}); is --benchmark right?") from None
@@ -70,23 +68,17 @@ def _read_grade_input(path: str, rules: str) -> list[dict]:
 
 def grade_main(cfg: GradeConfig) -> int:
     """``lightreasoner grade``: grade a JSONL file of (example, completion) pairs; prints the accuracy."""
-    rules = _rules_for(cfg.benchmark)
-    rows = _read_grade_input(cfg.input, rules)
+    rows = read_grade_input(cfg.input, _rules_for(cfg.benchmark))
     results = grade_many(cfg.benchmark, [r["example"] for r in rows], [r["completion"] for r in rows],
                          timeout=cfg.timeout, progress=True)
+    records = []
+    for row, res in zip(rows, results):
+        record = {**row, "pred": res.pred, "gold": res.gold, "correct": bool(res.correct)}
+        if res.error is not None:
+            record["error"] = res.error
+        records.append(record)
     out = Path(cfg.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for row, res in zip(rows, results):
-                record = {**row, "pred": res.pred, "gold": res.gold, "correct": bool(res.correct)}
-                if res.error is not None:
-                    record["error"] = res.error
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_jsonl(out, records)
     n = len(results)
     n_right = sum(r.correct for r in results)
     n_failed = sum(r.error is not None for r in results)
