@@ -18,6 +18,8 @@ import torch
 
 from lightreasoner import checkpoint as ck
 from lightreasoner import train as tr
+from lightreasoner import training
+from lightreasoner import trajectories as tj
 from lightreasoner.config import ConfigError
 from lightreasoner.utils import InputError
 
@@ -33,23 +35,23 @@ def runs(tmp_path_factory, expert, tokenizer):
     """Trained once for the module: an uninterrupted 4-update run, and the same run stopped after update 3
     (checkpoints step-000002 and step-000003). LoRA dropout is on, so the RNG state must resume too."""
     root = tmp_path_factory.mktemp("runs")
-    trajs, _ = tr.load_training_examples(write_jsonl(root / "s.jsonl", make_records(tokenizer)), tokenizer)
+    trajs, _ = tj.load_training_examples(write_jsonl(root / "s.jsonl", make_records(tokenizer)), tokenizer)
     for name, extra in (("straight", {}), ("stopped", {"stop_after": 3})):
         c = cfg(root, output=str(root / name), save_every=2, **extra)
-        tr.train(copy.deepcopy(expert), tokenizer, trajs, c, c.output)
+        training.train(copy.deepcopy(expert), tokenizer, trajs, tr.train_params(c), c.output)
     return root, trajs
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, expert, tokenizer, samples_file):
-    trajs, _ = tr.load_training_examples(samples_file, tokenizer)
+    trajs, _ = tj.load_training_examples(samples_file, tokenizer)
     straight = cfg(tmp_path, output=str(tmp_path / "a"), save_every=2)  # default LoRA dropout: RNG must resume
-    tr.train(copy.deepcopy(expert), tokenizer, trajs, straight, straight.output)
+    training.train(copy.deepcopy(expert), tokenizer, trajs, tr.train_params(straight), straight.output)
     first = cfg(tmp_path, output=str(tmp_path / "b"), save_every=2, stop_after=3)
-    part = tr.train(copy.deepcopy(expert), tokenizer, trajs, first, first.output)
+    part = training.train(copy.deepcopy(expert), tokenizer, trajs, tr.train_params(first), first.output)
     assert part["finished"] is False and part["update"] == 3
     assert sorted(p.name for p in (tmp_path / "b").glob("step-*")) == ["step-000002", "step-000003"]
     rest = cfg(tmp_path, output=str(tmp_path / "b"), save_every=2)
-    summary = tr.train(copy.deepcopy(expert), tokenizer, trajs, rest, rest.output)
+    summary = training.train(copy.deepcopy(expert), tokenizer, trajs, tr.train_params(rest), rest.output)
     assert summary["finished"] and summary["tuned_tokens"] == 4 * 6
     a, b = adapter_tensors(tmp_path / "a"), adapter_tensors(tmp_path / "b")
     assert a.keys() == b.keys()
@@ -61,7 +63,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, expert, tokenizer, samples
     with pytest.raises(ConfigError, match="--lr"):  # a resumed run must keep the settings that shape the result
         bad = cfg(tmp_path, output=str(tmp_path / "b"), lr=1e-3)
         (tmp_path / "b" / "summary.json").unlink()
-        tr.train(copy.deepcopy(expert), tokenizer, trajs, bad, bad.output)
+        training.train(copy.deepcopy(expert), tokenizer, trajs, tr.train_params(bad), bad.output)
 
 
 def stopped_copy(runs, tmp_path) -> Path:
@@ -71,7 +73,7 @@ def stopped_copy(runs, tmp_path) -> Path:
 
 def finish(runs, expert, tokenizer, out: Path, **kw) -> dict:
     c = cfg(out.parent, output=str(out), save_every=2, **kw)
-    return tr.train(copy.deepcopy(expert), tokenizer, runs[1], c, c.output)
+    return training.train(copy.deepcopy(expert), tokenizer, runs[1], tr.train_params(c), c.output)
 
 
 def assert_equals_uninterrupted(runs, out: Path) -> None:
@@ -141,7 +143,7 @@ def written(folder: Path, model, world_size: int = 1) -> tuple[torch.optim.Optim
     """A checkpoint of ``model`` after one AdamW step, written with the library's pieces (no accelerate)."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, tr.linear_schedule(10))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, training.linear_schedule(10))
     for p in params:
         p.grad = torch.randn_like(p)
     opt.step()
@@ -163,7 +165,7 @@ def test_read_and_apply_restore_weights_optimizer_schedule_and_rngs(tmp_path, ex
 
     other = lora_model(expert)  # fresh optimizer and schedule, other RNG position
     other_opt = torch.optim.AdamW([p for p in other.parameters() if p.requires_grad], lr=1e-2)
-    other_sched = torch.optim.lr_scheduler.LambdaLR(other_opt, tr.linear_schedule(10))
+    other_sched = torch.optim.lr_scheduler.LambdaLR(other_opt, training.linear_schedule(10))
     got = ck.read(tmp_path / "step-000001", other, other_opt, other_sched, rank=0, world_size=1)
     ck.apply(got, other, other_opt, other_sched)
     assert got.state == {"update": 1}
@@ -180,14 +182,14 @@ def test_weights_that_do_not_fit_the_model_and_missing_ranks_are_named(tmp_path,
     small = lora_model(expert, lora_r=4)
     small_opt = torch.optim.AdamW([p for p in small.parameters() if p.requires_grad])
     with pytest.raises(ck.CheckpointError, match=rf"{ck.WEIGHTS}: .*lora.* is \(.*8.*\).*the model's is \("):
-        ck.read(folder, small, small_opt, torch.optim.lr_scheduler.LambdaLR(small_opt, tr.linear_schedule(10)),
+        ck.read(folder, small, small_opt, torch.optim.lr_scheduler.LambdaLR(small_opt, training.linear_schedule(10)),
                 rank=0, world_size=1)
     written(folder, lora_model(expert), world_size=2)
     (folder / ck.rng_file(1)).unlink()
     model = lora_model(expert)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     with pytest.raises(ck.CheckpointError, match=rf"{ck.rng_file(1)}: missing"):
-        ck.read(folder, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, tr.linear_schedule(10)), rank=0,
+        ck.read(folder, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, training.linear_schedule(10)), rank=0,
                 world_size=2)
     with pytest.raises(InputError, match="written by 2 process.*this run has 1"):
         ck.read(folder, model, opt, None, rank=0, world_size=1)

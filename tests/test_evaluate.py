@@ -349,7 +349,7 @@ def test_bf16_adapter_eval_matches_the_merge_stage(tmp_path, model_dirs, data_di
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from lightreasoner.train import merge_adapter
+    from lightreasoner.adapters import merge_adapter
 
     base_dir = tmp_path / "base16"
     AutoModelForCausalLM.from_pretrained(model_dirs[0], dtype=torch.bfloat16).save_pretrained(base_dir)

@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightreasoner import models, train as tr
+from lightreasoner import merge as mg
+from lightreasoner import models, packing, train as tr, training
+from lightreasoner import trajectories as tj
 from lightreasoner.config import ConfigError, resolve
 from lightreasoner.contrast import dense_kl_loss, dense_label
+from lightreasoner.prompts import DEFAULT_SYSTEM_PROMPT
 from lightreasoner.testing import gsm8k_style_rows
 from lightreasoner.utils import InputError
 
@@ -26,7 +29,7 @@ PRINTABLE = [ord(c) for c in "abcdefghijklmnopqrstuvwxyz 0123456789+-=.,"]
 
 
 def head_text(tokenizer, question: str) -> str:
-    return tokenizer.apply_chat_template([{"role": "system", "content": tr.AUTHORS_SYSTEM_PROMPT},
+    return tokenizer.apply_chat_template([{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
                                           {"role": "user", "content": question}],
                                          tokenize=False, add_generation_prompt=True)
 
@@ -99,7 +102,7 @@ def samples_file(tmp_path, records):
 
 
 def test_records_become_trajectories(tokenizer, records, samples_file):
-    trajs, stats = tr.load_training_examples(samples_file, tokenizer)
+    trajs, stats = tj.load_training_examples(samples_file, tokenizer)
     assert stats["format"] == "records" and stats["records"] == len(records)
     assert stats["kept_steps"] == sum(len(r["steps"]) for r in records)
     for t, r in zip(trajs, records):
@@ -113,9 +116,9 @@ def test_records_become_trajectories(tokenizer, records, samples_file):
 
 
 def test_authors_format_rebuilds_the_same_trajectories(tmp_path, tokenizer, records, samples_file):
-    ours, _ = tr.load_training_examples(samples_file, tokenizer)
+    ours, _ = tj.load_training_examples(samples_file, tokenizer)
     path = write_jsonl(tmp_path / "authors.jsonl", to_authors(tokenizer, records))
-    theirs, stats = tr.load_training_examples(path, tokenizer)
+    theirs, stats = tj.load_training_examples(path, tokenizer)
     assert stats["format"] == "authors" and stats["records"] == sum(len(r["steps"]) for r in records)
     key = lambda t: (t.input_ids, t.positions, t.label_ids, t.label_weights)  # noqa: E731
     assert sorted(map(key, theirs)) == sorted(map(key, ours))  # grouped by question into one sequence each
@@ -126,16 +129,16 @@ def test_parquet_reads_like_jsonl(tmp_path, tokenizer, records, samples_file):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "samples.parquet")
-    a, _ = tr.load_training_examples(samples_file, tokenizer)
-    b, _ = tr.load_training_examples(tmp_path / "samples.parquet", tokenizer)
+    a, _ = tj.load_training_examples(samples_file, tokenizer)
+    b, _ = tj.load_training_examples(tmp_path / "samples.parquet", tokenizer)
     assert [(t.input_ids, t.positions, t.label_ids) for t in a] == [(t.input_ids, t.positions, t.label_ids)
                                                                      for t in b]
 
 
 def test_long_contexts_keep_their_end(tokenizer, records, tmp_path):
     path = write_jsonl(tmp_path / "s.jsonl", records[:2])
-    full, _ = tr.load_training_examples(path, tokenizer)
-    cut, stats = tr.load_training_examples(path, tokenizer, max_length=40)
+    full, _ = tj.load_training_examples(path, tokenizer)
+    cut, stats = tj.load_training_examples(path, tokenizer, max_length=40)
     assert stats["kept_steps"] == sum(t.n_steps for t in full)  # windows: no step lost
     assert stats["truncated_windows"] > 0
     assert all(len(t.input_ids) <= 40 for t in cut)
@@ -146,7 +149,7 @@ def test_long_contexts_keep_their_end(tokenizer, records, tmp_path):
             for p, ids in zip(t.positions, map(tuple, t.label_ids))} == ends
     # a step with nothing before it (empty prompt, pos 0) cannot be trained: dropped and counted
     bad = dict(records[0], prompt_ids=[], steps=[dict(records[0]["steps"][0], pos=0), records[0]["steps"][-1]])
-    _, stats = tr.load_training_examples(write_jsonl(tmp_path / "b.jsonl", [bad]), tokenizer)
+    _, stats = tj.load_training_examples(write_jsonl(tmp_path / "b.jsonl", [bad]), tokenizer)
     assert stats["dropped_steps"] == 1 and stats["kept_steps"] == 1
 
 
@@ -154,22 +157,22 @@ def test_bad_inputs_give_clear_errors(tmp_path, tokenizer, records):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(InputError, match="no sample records"):
-        tr.load_training_examples(empty, tokenizer)
+        tj.load_training_examples(empty, tokenizer)
     torn = tmp_path / "torn.jsonl"
     torn.write_text(json.dumps(records[0]) + "\n" + json.dumps(records[1])[:50] + "\n")
     with pytest.raises(InputError, match=r"torn\.jsonl:2: not valid JSON"):
-        tr.load_training_examples(torn, tokenizer)
+        tj.load_training_examples(torn, tokenizer)
     bad_pos = write_jsonl(tmp_path / "pos.jsonl", [dict(records[0], steps=[dict(records[0]["steps"][0], pos=999)])])
     with pytest.raises(InputError, match=r"pos\.jsonl:1: steps\[0\]: pos 999 is outside"):
-        tr.load_training_examples(bad_pos, tokenizer)
+        tj.load_training_examples(bad_pos, tokenizer)
     none_kept = write_jsonl(tmp_path / "none.jsonl", [dict(r, steps=[]) for r in records])
     with pytest.raises(InputError, match="none of its 6 records has a kept step"):
-        tr.load_training_examples(none_kept, tokenizer)
+        tj.load_training_examples(none_kept, tokenizer)
     with pytest.raises(InputError, match="not a sample record"):
-        tr.load_training_examples(write_jsonl(tmp_path / "x.jsonl", [{"question": "q"}]), tokenizer)
-    trajs, _ = tr.load_training_examples(write_jsonl(tmp_path / "ok.jsonl", records), tokenizer)
+        tj.load_training_examples(write_jsonl(tmp_path / "x.jsonl", [{"question": "q"}]), tokenizer)
+    trajs, _ = tj.load_training_examples(write_jsonl(tmp_path / "ok.jsonl", records), tokenizer)
     with pytest.raises(InputError, match="only 100 output rows"):
-        tr.check_label_range(trajs, 100)
+        tj.check_label_range(trajs, 100)
 
 
 def test_samples_from_another_expert_are_refused(tmp_path, model_dirs, records, caplog):
@@ -183,10 +186,10 @@ def test_samples_from_another_expert_are_refused(tmp_path, model_dirs, records, 
         tr.main(c)
     assert not (tmp_path / "out").exists()  # refused before loading or writing anything
     (tmp_path / "s.manifest.json").write_text(json.dumps({"expert": {"spec": expert_dir, "fingerprint": fp_expert}}))
-    assert tr.check_manifest(path, fp_expert)["expert"]["spec"] == expert_dir  # the right expert passes
+    assert tj.check_manifest(path, fp_expert)["expert"]["spec"] == expert_dir  # the right expert passes
     with caplog.at_level("WARNING"):
-        tr.check_manifest(path, "sha256:other", force=True)
-        tr.check_manifest(tmp_path / "no-manifest.jsonl", "sha256:x")
+        tj.check_manifest(path, "sha256:other", force=True)
+        tj.check_manifest(tmp_path / "no-manifest.jsonl", "sha256:x")
     assert "--force: training anyway" in caplog.text and "no manifest" in caplog.text
 
 
@@ -199,13 +202,13 @@ def test_unfinished_or_doubled_samples_are_refused(tmp_path, model_dirs, tokeniz
     assert not (tmp_path / "out").exists()  # refused before loading the model or writing anything
     manifest.write_text(json.dumps({"complete": True, "counts": {"problems": 9}}))
     with pytest.raises(InputError, match="manifest s.manifest.json counts 9 records, the file holds 6"):
-        tr.load_training_examples(path, tokenizer)
+        tj.load_training_examples(path, tokenizer)
     with caplog.at_level("WARNING"):
-        assert tr.load_training_examples(path, tokenizer, force=True)[1]["records"] == 6
+        assert tj.load_training_examples(path, tokenizer, force=True)[1]["records"] == 6
     assert "--force: training anyway" in caplog.text
     doubled = write_jsonl(tmp_path / "d.jsonl", records + [records[1]])  # two sample runs into one file
     with pytest.raises(InputError, match=r"trajectory id 'r1' appears twice, at .*d\.jsonl:2 and .*d\.jsonl:7"):
-        tr.load_training_examples(doubled, tokenizer)
+        tj.load_training_examples(doubled, tokenizer)
 
 
 def test_config_validation_names_flags(tmp_path):
@@ -215,24 +218,45 @@ def test_config_validation_names_flags(tmp_path):
     assert "--steps-per-update" in msg and "--lr" in msg and "--lora-dropout" in msg and "--resume" in msg
 
 
+def test_the_loop_settings_are_the_commands_flags_with_one_set_of_defaults(tmp_path):
+    """TrainParams is the loop's half of TrainConfig: same names, same defaults; train_params copies them over."""
+    import dataclasses
+
+    flags = {f.name: f.default for f in dataclasses.fields(tr.TrainConfig)}
+    loop = {f.name: f.default for f in dataclasses.fields(training.TrainParams)}
+    assert {k: flags.get(k, "missing") for k in loop} == loop
+    assert set(training.RESUME_FIELDS) <= set(loop)
+    c = cfg(tmp_path, lr=3e-3, lora_targets="all-linear", epochs=1.5, stop_after=2)
+    assert dataclasses.asdict(tr.train_params(c)) == {k: getattr(c, k) for k in loop}
+
+
+def test_sft_checks_its_training_settings_before_any_work():
+    from lightreasoner.sft import SFTConfig, train_params
+
+    with pytest.raises(ConfigError, match="--steps-per-update must be >= 1.*\n.*--lr must be > 0"):
+        resolve(SFTConfig, cli={"output": "x", "steps_per_update": 0, "lr": -1})
+    p = train_params(resolve(SFTConfig, cli={"output": "x", "epochs": 1, "lora_alpha": 32}))
+    assert (p.epochs, p.lora_alpha, p.seed, p.lora_dropout, p.max_grad_norm) == (1.0, 32.0, 42, 0.05, 1.0)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Plan
 
 
 def test_plan_counts_kept_steps_and_covers_each_epoch():
     counts = [5, 1, 7, 3, 9, 2]
-    plan = tr.plan_updates(counts, 4, max_steps=30, seed=3)
+    plan = packing.plan_updates(counts, 4, max_steps=30, seed=3)
     assert len(plan) == 30 and all(u.n_steps == 4 for u in plan)
     stream = [(p.traj, s) for u in plan for p in u.pieces for s in range(p.start, p.stop)]
     total = sum(counts)
     for e in range(len(stream) // total):  # every full epoch visits every kept step once
         assert sorted(stream[e * total:(e + 1) * total]) == [(t, s) for t, c in enumerate(counts) for s in range(c)]
     assert stream[:total] != stream[total:2 * total]  # reshuffled per epoch
-    one = tr.plan_updates(counts, 4, epochs=1, seed=3)
+    one = packing.plan_updates(counts, 4, epochs=1, seed=3)
     assert sum(u.n_steps for u in one) == total and one[-1].n_steps == (total % 4 or 4)
-    assert len(tr.plan_updates(counts, 4, epochs=2.5, seed=3)) == math.ceil(2.5 * total / 4)
+    assert len(packing.plan_updates(counts, 4, epochs=2.5, seed=3)) == math.ceil(2.5 * total / 4)
     for u in plan[:10]:  # shards partition the update's steps
-        shards = [tr.shard_pieces(u.pieces, 3, r) for r in range(3)]
+        shards = [packing.shard_pieces(u.pieces, 3, r) for r in range(3)]
         assert sorted((p.traj, s) for sh in shards for p in sh for s in range(p.start, p.stop)) == sorted(
             (p.traj, s) for p in u.pieces for s in range(p.start, p.stop))
         assert max(sum(p.n_steps for p in sh) for sh in shards) - min(sum(p.n_steps for p in sh)
@@ -240,12 +264,12 @@ def test_plan_counts_kept_steps_and_covers_each_epoch():
 
 
 def test_micro_batches_respect_the_token_budget(tokenizer, records, samples_file):
-    trajs, _ = tr.load_training_examples(samples_file, tokenizer)
-    pieces = [tr.Piece(i, 0, t.n_steps) for i, t in enumerate(trajs)]
-    mbs = tr.micro_batches(trajs, pieces, 400)
+    trajs, _ = tj.load_training_examples(samples_file, tokenizer)
+    pieces = [packing.Piece(i, 0, t.n_steps) for i, t in enumerate(trajs)]
+    mbs = packing.micro_batches(trajs, pieces, 400)
     assert sorted(p for mb in mbs for p in mb) == sorted(pieces)
     for mb in mbs:
-        b = tr.collate(trajs, mb, tokenizer.pad_token_id)
+        b = packing.collate(trajs, mb, tokenizer.pad_token_id)
         assert b.input_ids.numel() <= 400 or len(mb) == 1
         assert int(b.keep.sum()) == b.n_steps == sum(p.n_steps for p in mb)
 
@@ -257,7 +281,7 @@ def test_micro_batches_respect_the_token_budget(tokenizer, records, samples_file
 def lora_model(expert, **kw):
     c = resolve(tr.TrainConfig, cli=dict(samples="x", output="x", lora_dropout=0.0, **kw))
     torch.manual_seed(0)
-    m = tr.apply_lora(copy.deepcopy(expert), c)
+    m = training.apply_lora(copy.deepcopy(expert), tr.train_params(c))
     with torch.no_grad():  # B = 0 at init would make the LoRA A gradients vanish: give it values
         for n, p in m.named_parameters():
             if "lora_B" in n:
@@ -266,13 +290,13 @@ def lora_model(expert, **kw):
 
 
 def test_packed_loss_equals_one_forward_per_step(expert, tokenizer, samples_file):
-    trajs, _ = tr.load_training_examples(samples_file, tokenizer)
+    trajs, _ = tj.load_training_examples(samples_file, tokenizer)
     trajs = trajs[:3]
     model = lora_model(expert)
     params = [p for p in model.parameters() if p.requires_grad]
-    pieces = [tr.Piece(0, 0, 3), tr.Piece(1, 0, 5), tr.Piece(2, 1, 4)]  # rows of different lengths
-    batch = tr.collate(trajs, pieces, tokenizer.pad_token_id)
-    loss_sum, n = tr.packed_loss(model, batch)
+    pieces = [packing.Piece(0, 0, 3), packing.Piece(1, 0, 5), packing.Piece(2, 1, 4)]  # rows of different lengths
+    batch = packing.collate(trajs, pieces, tokenizer.pad_token_id)
+    loss_sum, n = packing.packed_loss(model, batch)
     (loss_sum / n).backward()
     packed_grads = [p.grad.clone() for p in params]
     model.zero_grad()
@@ -309,13 +333,14 @@ def test_packed_loss_equals_one_forward_per_step(expert, tokenizer, samples_file
 
 
 def test_decoder_path_equals_logits_to_keep(expert, tokenizer, samples_file, monkeypatch):
-    trajs, _ = tr.load_training_examples(samples_file, tokenizer)
+    trajs, _ = tj.load_training_examples(samples_file, tokenizer)
     model = lora_model(expert)
-    batch = tr.collate(trajs, [tr.Piece(i, 0, t.n_steps) for i, t in enumerate(trajs)], tokenizer.pad_token_id)
+    batch = packing.collate(trajs, [packing.Piece(i, 0, t.n_steps) for i, t in enumerate(trajs)],
+                            tokenizer.pad_token_id)
     with torch.no_grad():
-        fast = tr.kept_logits(model, batch.input_ids, batch.keep)
-        monkeypatch.setattr(tr, "_BOOL_KEEP", False)
-        slow = tr.kept_logits(model, batch.input_ids, batch.keep)
+        fast = packing.kept_logits(model, batch.input_ids, batch.keep)
+        monkeypatch.setattr(packing, "_BOOL_KEEP", False)
+        slow = packing.kept_logits(model, batch.input_ids, batch.keep)
         full = model(input_ids=batch.input_ids).logits[batch.keep]
     assert fast.shape == (batch.n_steps, expert.config.vocab_size)
     torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
@@ -328,18 +353,18 @@ def test_decoder_path_equals_logits_to_keep(expert, tokenizer, samples_file, mon
 
 def mean_loss(model, trajs, pad_id) -> float:
     with torch.no_grad():
-        b = tr.collate(trajs, [tr.Piece(i, 0, t.n_steps) for i, t in enumerate(trajs)], pad_id)
-        s, n = tr.packed_loss(model, b)
+        b = packing.collate(trajs, [packing.Piece(i, 0, t.n_steps) for i, t in enumerate(trajs)], pad_id)
+        s, n = packing.packed_loss(model, b)
     return float(s) / n
 
 
 def test_training_lowers_the_loss_and_only_touches_lora(tmp_path, expert, tokenizer, samples_file):
-    trajs, stats = tr.load_training_examples(samples_file, tokenizer)
+    trajs, stats = tj.load_training_examples(samples_file, tokenizer)
     model = copy.deepcopy(expert)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loss0 = mean_loss(model, trajs, tokenizer.pad_token_id)
     c = cfg(tmp_path, max_steps=25, lr=3e-2, tensorboard=True, log_every=5)
-    summary = tr.train(model, tokenizer, trajs, c, c.output, data_stats=stats)
+    summary = training.train(model, tokenizer, trajs, tr.train_params(c), c.output, data_stats=stats)
     loss1 = mean_loss(model, trajs, tokenizer.pad_token_id)
     assert loss1 < 0.8 * loss0, (loss0, loss1)
     # the frozen base weights are untouched; only LoRA weights moved
@@ -366,20 +391,20 @@ def test_training_lowers_the_loss_and_only_touches_lora(tmp_path, expert, tokeni
 
 
 def test_a_non_finite_loss_stops_training_naming_the_update(tmp_path, expert, tokenizer, samples_file):
-    trajs, _ = tr.load_training_examples(samples_file, tokenizer)
+    trajs, _ = tj.load_training_examples(samples_file, tokenizer)
     c = cfg(tmp_path, lr=1e30, save_every=1)
     with pytest.raises(InputError, match=r"(loss|gradient norm) is (nan|inf) at update 2: the learning rate "
                                          r"\(--lr 1e\+30\) or LoRA scale \(--lora-alpha 16"):
-        tr.train(copy.deepcopy(expert), tokenizer, trajs, c, c.output)
+        training.train(copy.deepcopy(expert), tokenizer, trajs, tr.train_params(c), c.output)
     out = tmp_path / "out"  # nothing of the broken state was written: no adapter, no summary, no step-000002
     assert [p.name for p in out.glob("step-*")] == ["step-000001"] and not (out / "summary.json").exists()
     assert not (out / "adapter_model.safetensors").exists()
     trajs[0].label_weights[0] = [math.nan] * len(trajs[0].label_weights[0])  # a poisoned label
-    first = next(u.index + 1 for u in tr.plan_updates([t.n_steps for t in trajs], 6, max_steps=4, seed=42)
+    first = next(u.index + 1 for u in packing.plan_updates([t.n_steps for t in trajs], 6, max_steps=4, seed=42)
                  if any(p.traj == 0 and p.start == 0 for p in u.pieces))
     c = cfg(tmp_path, output=str(tmp_path / "poisoned"))
     with pytest.raises(InputError, match=f"loss is nan at update {first}: .*non-finite labels"):
-        tr.train(copy.deepcopy(expert), tokenizer, trajs, c, c.output)
+        training.train(copy.deepcopy(expert), tokenizer, trajs, tr.train_params(c), c.output)
 
 
 def test_authors_format_trains_through_the_cli(tmp_path, model_dirs, tokenizer, records):
@@ -435,7 +460,7 @@ def test_merge_equals_base_plus_adapter(tmp_path, model_dirs, expert, tokenizer)
     adapter = tmp_path / "adapter"
     lora_model(expert, lora_targets="all-linear").save_pretrained(adapter)
     out = tmp_path / "merged"
-    tr.merge_main(resolve(tr.MergeConfig, cli=dict(expert=model_dirs[0], adapter=str(adapter), output=str(out))))
+    mg.merge_main(resolve(mg.MergeConfig, cli=dict(expert=model_dirs[0], adapter=str(adapter), output=str(out))))
     merged = AutoModelForCausalLM.from_pretrained(out)
     assert not any("lora" in k for k in merged.state_dict())
     ref = PeftModel.from_pretrained(copy.deepcopy(expert), adapter).eval()
@@ -446,7 +471,7 @@ def test_merge_equals_base_plus_adapter(tmp_path, model_dirs, expert, tokenizer)
     assert (a - base).abs().max() > 1e-3  # the adapter did change the model
     assert AutoTokenizer.from_pretrained(out).chat_template == tokenizer.chat_template
     with pytest.raises(InputError, match="no adapter_config.json"):
-        tr.merge_main(resolve(tr.MergeConfig, cli=dict(expert=model_dirs[0], adapter=str(out), output=str(out))))
+        mg.merge_main(resolve(mg.MergeConfig, cli=dict(expert=model_dirs[0], adapter=str(out), output=str(out))))
 
 
 def test_train_and_merge_refuse_an_output_another_run_is_writing(tmp_path, model_dirs, samples_file):
@@ -455,4 +480,4 @@ def test_train_and_merge_refuse_an_output_another_run_is_writing(tmp_path, model
     with output_lock(tmp_path / "out", "train"), pytest.raises(InputError, match="out is being written by"):
         tr.main(cfg(tmp_path, samples=str(samples_file), expert=model_dirs[0]))
     with output_lock(tmp_path / "m", "merge"), pytest.raises(InputError, match="m is being written by"):
-        tr.merge_main(resolve(tr.MergeConfig, cli=dict(expert=model_dirs[0], adapter="a", output=str(tmp_path / "m"))))
+        mg.merge_main(resolve(mg.MergeConfig, cli=dict(expert=model_dirs[0], adapter="a", output=str(tmp_path / "m"))))

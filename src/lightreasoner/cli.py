@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                "expert writes reasoning prefixes; keep steps where it departs from the amateur, as soft labels"),
     "inspect": ("lightreasoner.sample", "InspectConfig", "inspect_main", "print kept steps of a samples file"),
     "train": ("lightreasoner.train", "TrainConfig", "main", "LoRA-tune the expert on the contrastive soft labels"),
-    "merge": ("lightreasoner.train", "MergeConfig", "merge_main", "merge a LoRA adapter into a standalone model"),
+    "merge": ("lightreasoner.merge", "MergeConfig", "merge_main", "merge a LoRA adapter into a standalone model"),
     "eval": ("lightreasoner.evaluate", "EvalConfig", "main",
              "zero-shot greedy pass@1 on the paper's benchmarks (or --compare two runs)"),
     "grade": ("lightreasoner.grade", "GradeConfig", "grade_main",

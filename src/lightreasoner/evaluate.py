@@ -582,7 +582,7 @@ def load_adapter(model: Any, adapter: str | Path) -> Any:
     """
     from peft import PeftModel
 
-    from .train import merge_adapter
+    from .adapters import merge_adapter
 
     p = Path(adapter).expanduser()
     if not (p / "adapter_config.json").is_file():

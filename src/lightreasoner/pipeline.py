@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import evaluate, layout, report, sample, sft, train
+from . import evaluate, layout, merge, report, sample, sft, train
 from .evaluate import EvalConfig
 from .report import ReportConfig
 from .sample import SampleConfig
 from .sft import SFTConfig
-from .train import MergeConfig, TrainConfig
+from .merge import MergeConfig
+from .train import TrainConfig
 from .config import flag_prefix, option, to_dict, to_yaml
 from .embedded import DEFAULT_AMATEUR, DEFAULT_EXPERT
 from .utils import InputError, atomic_write, write_json, writes_output
@@ -128,8 +129,8 @@ def plan(cfg: RunConfig) -> list[Stage]:
     scfg, tcfg, mcfg = filled["sample"], filled["train"], filled["merge"]
     s_sample = Stage("sample", "sample", L.sample, scfg, sample.main, sample.identity(scfg))
     s_train = Stage("train", "train", L.train, tcfg, train.main, train.identity(tcfg, samples=s_sample.fingerprint))
-    s_merge = Stage("merge", "merge", L.merge, mcfg, train.merge_main,
-                    train.merge_identity(mcfg, adapter=s_train.fingerprint))
+    s_merge = Stage("merge", "merge", L.merge, mcfg, merge.merge_main,
+                    merge.merge_identity(mcfg, adapter=s_train.fingerprint))
     stages = [s_sample, s_train, s_merge]
 
     def eval_stage(name: str, spec: str, adapter_dir: str | None = None, **inputs: str) -> Stage:

@@ -4,9 +4,10 @@ The expert samples ``k`` solutions per training problem at a temperature; the so
 right (graded as ``eval`` grades GSM8K) are kept, and the expert is LoRA-tuned on them with the same LoRA
 settings as LightReasoner, on completion tokens only.
 
-Training reuses :mod:`.train`: a kept solution becomes a sample record whose every completion position is a
-"kept step" with a one-hot label, and ``KL(one-hot || p) = -log p(token)`` is exactly the SFT cross-entropy.
-So "tuned tokens" are counted the same way for both methods.
+Training is LightReasoner's (the library behind ``lightreasoner train``: :mod:`.trajectories`, :mod:`.training`):
+a kept solution becomes a sample record whose every completion position is a "kept step" with a one-hot label, and
+``KL(one-hot || p) = -log p(token)`` is exactly the SFT cross-entropy. So "tuned tokens" are counted the same way
+for both methods; the loop's other settings are ``train``'s defaults (:class:`training.TrainParams`).
 
 Outputs (``--output DIR``): ``candidates.jsonl`` (every sampled solution with its verdict; resumable),
 ``train_samples.jsonl`` (+ manifest), ``adapter/`` (the train output) and ``summary.json`` (problems sampled and
@@ -23,9 +24,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import layout
-from .config import flag, option, resolve, to_dict
+from .config import flag, option, to_dict
 from .embedded import DEFAULT_EXPERT
 from .problems import Problem, load_problems
+from .trajectories import check_label_range, load_training_examples, manifest_path
+from .training import TrainParams, make_accelerator, train
 from .sample import DEFAULT_SYSTEM_PROMPT, build_prompt_ids
 from .utils import (InputError, JsonlAppender, environment_info, read_complete_jsonl, read_json, write_json,
                     write_jsonl, writes_output)
@@ -81,7 +84,15 @@ class SFTConfig:
             errs.append(f"{flag('samples_per_problem')} must be >= 1, got {self.samples_per_problem}")
         if self.temperature <= 0:
             errs.append(f"{flag('temperature')} must be > 0 for sampling, got {self.temperature}")
-        return errs
+        return errs + train_params(self).validate()
+
+
+def train_params(cfg: SFTConfig) -> TrainParams:
+    """The training loop's settings: SFT's own, the rest `lightreasoner train`'s defaults (same LoRA, seed 42)."""
+    return TrainParams(steps_per_update=cfg.steps_per_update, max_steps=cfg.max_steps,
+                       epochs=None if cfg.epochs is None else float(cfg.epochs), lr=float(cfg.lr), lora_r=cfg.lora_r,
+                       lora_alpha=float(cfg.lora_alpha), lora_targets=tuple(cfg.lora_targets), dtype=cfg.dtype,
+                       save_every=cfg.save_every, max_tokens_per_forward=cfg.max_tokens_per_forward)
 
 
 def grade_against_reference(completion: str, answer: str) -> tuple[str | None, bool]:
@@ -168,8 +179,25 @@ def main(cfg: SFTConfig) -> int:
         return _sft(cfg, stage)
 
 
+def train_adapter(cfg: SFTConfig, samples: Path, output: Path) -> dict:
+    """LoRA-tune the expert on the kept solutions in ``samples`` (as `lightreasoner train` would) into ``output``,
+    resuming from its checkpoints; returns the training summary (``finished: False`` if it stopped early)."""
+    from .models import load_model, load_tokenizer
+
+    params = train_params(cfg)
+    acc = make_accelerator(params)
+    trajs, stats = load_training_examples(samples, load_tokenizer(cfg.expert), system_prompt=cfg.system_prompt)
+    logger.info("%d trajectories, %d kept steps (%s format, %d records)", stats["trajectories"], stats["kept_steps"],
+                stats["format"], stats["records"])
+    loaded = load_model(cfg.expert, dtype=cfg.dtype, device=str(acc.device))
+    check_label_range(trajs, loaded.vocab_rows)
+    record = {"samples": str(samples), "output": str(output), "expert": cfg.expert,
+              "system_prompt": cfg.system_prompt}
+    return train(loaded.model, loaded.tokenizer, trajs, params, output, accelerator=acc, data_stats=stats,
+                 expert=loaded.describe(), config=record)
+
+
 def _sft(cfg: SFTConfig, stage: layout.StageRun) -> int:
-    from . import train as train_stage
     from .models import load_model
 
     out = Path(cfg.output)
@@ -214,23 +242,16 @@ def _sft(cfg: SFTConfig, stage: layout.StageRun) -> int:
                          f"{flag('samples_per_problem')} or {flag('temperature')}, or check {flag('answer_field')}")
     samples = out / "train_samples.jsonl"
     write_jsonl(samples, records)
-    write_json(train_stage.manifest_path(samples), {"expert": {**describe, "fingerprint": fingerprint},
-                                                    "config": to_dict(cfg), "method": "rejection-sampling SFT"})
-    tcfg = resolve(train_stage.TrainConfig, cli={
-        "samples": str(samples), "output": str(out / "adapter"), "expert": cfg.expert,
-        "steps_per_update": cfg.steps_per_update, "max_steps": cfg.max_steps, "epochs": cfg.epochs, "lr": cfg.lr,
-        "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_targets": cfg.lora_targets, "dtype": cfg.dtype,
-        "save_every": cfg.save_every, "max_tokens_per_forward": cfg.max_tokens_per_forward,
-        "system_prompt": cfg.system_prompt})
+    write_json(manifest_path(samples), {"expert": {**describe, "fingerprint": fingerprint},
+                                        "config": to_dict(cfg), "method": "rejection-sampling SFT"})
     t0 = time.perf_counter()
     try:
-        rc = train_stage.main(tcfg)
+        tsum = train_adapter(cfg, samples, out / "adapter")
     finally:
         timings["training"] = timings.get("training", 0.0) + time.perf_counter() - t0
         write_json(out / "timings.json", timings)
-    if rc:
-        return rc
-    tsum = read_json(out / "adapter" / "summary.json")
+    if not tsum.get("finished", True):
+        return 1
     summary = {
         "problems_sampled": len(problems),
         "problems_used": len({r["id"].rsplit("#", 1)[0] for r in records}),
