@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from lightreasoner import models, train as tr  # noqa: E402
+from lightreasoner import models, packing, training  # noqa: E402
+from lightreasoner.trajectories import Trajectory  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,7 +75,7 @@ def build_model(args):
     return model, 0, device, dtype, f"random Qwen2.5-{args.shape} shape (vocab {vocab})"
 
 
-def make_trajectories(args, vocab: int) -> list[tr.Trajectory]:
+def make_trajectories(args, vocab: int) -> list[Trajectory]:
     """Random trajectories with exactly ``--kept-steps`` kept steps in all."""
     rng = random.Random(args.seed)
     trajs, left = [], args.kept_steps
@@ -89,7 +90,7 @@ def make_trajectories(args, vocab: int) -> list[tr.Trajectory]:
             ids = rng.sample(range(vocab), rng.randint(1, 3))
             w = [rng.random() + 0.05 for _ in ids]
             labels.append((ids, [x / sum(w) for x in w]))
-        trajs.append(tr.Trajectory(f"t{len(trajs)}", tokens[:pos[-1] + 1], pos, [a for a, _ in labels],
+        trajs.append(Trajectory(f"t{len(trajs)}", tokens[:pos[-1] + 1], pos, [a for a, _ in labels],
                                    [b for _, b in labels]))
         left -= n
     return trajs
@@ -108,13 +109,13 @@ def sync(device: str) -> None:
 
 def packed_updates(model, trajs, args, pad_id, device):
     """One epoch of packed training as `lightreasoner train` runs it (one process)."""
-    plan = tr.plan_updates([t.n_steps for t in trajs], args.steps_per_update, epochs=1, seed=args.seed)
+    plan = packing.plan_updates([t.n_steps for t in trajs], args.steps_per_update, epochs=1, seed=args.seed)
 
     def run(update):
         tokens = 0
-        for mb in tr.micro_batches(trajs, update.pieces, args.max_tokens_per_forward):
-            batch = tr.collate(trajs, mb, pad_id).to(device)
-            loss, _ = tr.packed_loss(model, batch)
+        for mb in packing.micro_batches(trajs, update.pieces, args.max_tokens_per_forward):
+            batch = packing.collate(trajs, mb, pad_id).to(device)
+            loss, _ = packing.packed_loss(model, batch)
             (loss / update.n_steps).backward()
             tokens += batch.input_ids.numel()
         return tokens
@@ -160,19 +161,19 @@ def child(args) -> dict:
     model, pad_id, device, dtype, name = build_model(args)
     vocab = model.get_output_embeddings().weight.shape[0]
     trajs = make_trajectories(args, min(vocab, 151643))
-    cfg = tr.TrainConfig(samples="-", output="-", lora_dropout=0.05)
+    cfg = training.TrainParams(lora_dropout=0.05)
     torch.manual_seed(args.seed)
-    model = tr.apply_lora(model, cfg)
+    model = training.apply_lora(model, cfg)
     model.config.use_cache = False
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr)
     make = packed_updates if args.method == "packed" else authors_updates
     plan, run = make(model, trajs, args, pad_id, device)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, tr.linear_schedule(len(plan)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, training.linear_schedule(len(plan)))
 
     def step(update) -> int:
-        with tr.attention_backends(device):  # the same attention kernels for both methods
+        with packing.attention_backends(device):  # the same attention kernels for both methods
             tokens = run(update)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

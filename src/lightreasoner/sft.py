@@ -27,7 +27,7 @@ from . import layout
 from .config import flag, option, to_dict
 from .embedded import DEFAULT_EXPERT
 from .problems import Problem, load_problems
-from .trajectories import check_label_range, load_training_examples, manifest_path
+from .trajectories import MAX_LENGTH, check_label_range, load_training_examples, manifest_path
 from .training import TrainParams, make_accelerator, train
 from .sample import DEFAULT_SYSTEM_PROMPT, build_prompt_ids
 from .utils import (InputError, JsonlAppender, environment_info, read_complete_jsonl, read_json, write_json,
@@ -192,7 +192,7 @@ def train_adapter(cfg: SFTConfig, samples: Path, output: Path) -> dict:
     loaded = load_model(cfg.expert, dtype=cfg.dtype, device=str(acc.device))
     check_label_range(trajs, loaded.vocab_rows)
     record = {"samples": str(samples), "output": str(output), "expert": cfg.expert,
-              "system_prompt": cfg.system_prompt}
+              "system_prompt": cfg.system_prompt, "max_length": MAX_LENGTH}
     return train(loaded.model, loaded.tokenizer, trajs, params, output, accelerator=acc, data_stats=stats,
                  expert=loaded.describe(), config=record)
 
