@@ -55,6 +55,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, cls_name, _, desc) in COMMANDS.items():
         sp = sub.add_parser(name, help=desc, description=desc)
+        sp.add_argument("--version", action="version", version=f"lightreasoner {__version__}")
         if name == command and cls_name:
             cls = getattr(importlib.import_module(module), cls_name)
             if cls.__doc__:
@@ -63,7 +64,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             default = getattr(importlib.import_module(module), "DEFAULT_CONFIG", None)
             sp.add_argument("--config", default=None, help="YAML file of options (command-line flags override it)" + (
                 f"; default: the shipped `{default}` config, `none` for the commands' own defaults" if default else ""))
-            sp.add_argument("--version", action="version", version=f"lightreasoner {__version__}")
             add_arguments(sp, cls)
     return parser
 
