@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from lightreasoner import cli, grading
+from lightreasoner import benchmarks as B
 from lightreasoner import evaluate as E
+from lightreasoner import evaluation as EV
+from lightreasoner import generation as G
+from lightreasoner import prompts as P
+from lightreasoner import stats as ST
 from lightreasoner.config import ConfigError, resolve
 from lightreasoner.testing import byte_tokenizer, gsm8k_style_rows
 from lightreasoner.utils import InputError
@@ -48,30 +53,6 @@ def run_eval(output: Path, model: str, data: Path, **kw) -> dict:
 # ------------------------------------------------------------------------------------------------ statistics
 
 
-def test_paired_change_interval():
-    lo, hi = E.paired_change_ci(11, 21, 150)  # the first end-to-end run: +6.7 points, p = 0.11
-    assert lo < 0 < hi and (lo + hi) / 2 == pytest.approx(100 * 10 / 150, abs=0.1)
-    lo4, hi4 = E.paired_change_ci(44, 84, 600)  # same proportions, 4x the problems: half the width
-    assert (hi4 - lo4) == pytest.approx((hi - lo) / 2, abs=0.2) and lo4 > 0
-    assert E.paired_change_ci(0, 0, 50) == (0.0, 0.0)
-    assert E.paired_change_ci(0, 10, 10) == (100.0, 100.0)  # every problem fixed: no spread
-    with pytest.raises(ValueError, match="n = 0"):
-        E.paired_change_ci(0, 0, 0)
-
-
-def test_mcnemar_exact_known_values():
-    assert E.mcnemar_exact(20, 7) == pytest.approx(0.0192, abs=5e-4)
-    assert E.mcnemar_exact(16, 14) == pytest.approx(0.8555, abs=5e-4)
-    assert E.mcnemar_exact(0, 0) == 1.0
-    assert E.mcnemar_exact(0, 5) == pytest.approx(2 / 32)
-    assert E.mcnemar_exact(7, 20) == E.mcnemar_exact(20, 7)
-    assert E.mcnemar_exact(5, 5) == 1.0
-    # huge counts stay finite and tiny
-    assert 0.0 <= E.mcnemar_exact(3000, 100) < 1e-300
-    with pytest.raises(ValueError):
-        E.mcnemar_exact(-1, 2)
-
-
 def test_compare_runs_on_fabricated_folders(tmp_path, capsys):
     rng = random.Random(0)
 
@@ -94,21 +75,22 @@ def test_compare_runs_on_fabricated_folders(tmp_path, capsys):
     write(b, "svamp", [True, True, True, True, False, True], ["0", "1", "2", "3", "4", "5"])
     write(a, "math", [True], ["0"])  # only in A
 
-    cmp = E.compare_runs(a, b)
+    cmp = ST.compare_runs(a, b)
     g, s = cmp["benchmarks"]["gsm8k"], cmp["benchmarks"]["svamp"]
     assert (g["n"], g["a_only"], g["b_only"]) == (30, 8, 3)
     assert g["acc_a"] == round(100 * 20 / 30, 1) and g["acc_b"] == round(100 * 15 / 30, 1)
-    assert g["p_value"] == E.mcnemar_exact(8, 3)
+    assert g["p_value"] == ST.mcnemar_exact(8, 3)
+    assert g["min_detectable_80"] == ST.min_detectable_difference(30, 11 / 30) and g["min_detectable_80"] > 0
     assert (s["n"], s["a_only"], s["b_only"], s["unpaired_b"]) == (4, 0, 2, 2)
     assert cmp["all"]["a_only"] == 8 and cmp["all"]["b_only"] == 5
-    assert cmp["all"]["p_value"] == E.mcnemar_exact(8, 5)
+    assert cmp["all"]["p_value"] == ST.mcnemar_exact(8, 5)
     assert cmp["only_in_a"] == ["math"] and cmp["only_in_b"] == []
     assert cmp["average"]["acc_a"] == round(statistics.fmean([g["acc_a"], s["acc_a"]]), 1)
 
     out = tmp_path / "cmp"
     assert cli.main(["eval", "--compare", f"{a},{b}", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| gsm8k | 30 |" in printed and "McNemar" in printed
+    assert "| gsm8k | 30 |" in printed and "McNemar" in printed and "80% power" in printed
     assert json.loads((out / "compare.json").read_text())["benchmarks"]["gsm8k"]["a_only"] == 8
 
 
@@ -119,15 +101,15 @@ def test_batch_slots_respects_the_kv_budget():
     rng = random.Random(1)
     lengths = [rng.randint(1, 300) for _ in range(57)]
     for bs, budget in ((1, None), (8, None), (16, 2000), (16, 50)):
-        slots = E.batch_slots(lengths, batch_size=bs, max_new_tokens=64, max_batch_tokens=budget)
+        slots = G.batch_slots(lengths, batch_size=bs, max_new_tokens=64, max_batch_tokens=budget)
         assert 1 <= slots <= bs
         if budget is not None and slots > 1:
             assert slots * (max(lengths) + 64) <= budget
-    assert E.batch_slots(lengths, batch_size=16, max_new_tokens=64, max_batch_tokens=2000) == 2000 // (max(lengths) + 64)
+    assert G.batch_slots(lengths, batch_size=16, max_new_tokens=64, max_batch_tokens=2000) == 2000 // (max(lengths) + 64)
 
 
 def test_stop_checker_and_postprocess(tokenizer):
-    stop = E.StopChecker(tokenizer)
+    stop = G.StopChecker(tokenizer)
     enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
     assert stop(enc("so the answer is 4 </s")) is None
     assert stop(enc("so the answer is 4 </s>")) == "</s>"
@@ -135,30 +117,30 @@ def test_stop_checker_and_postprocess(tokenizer):
     assert len(spelled) == 110 and stop(spelled) == "<|im_end|>" and stop(spelled[:-1]) is None
     assert stop(enc("a > b")) is None
     assert stop([]) is None
-    assert E.postprocess_completion("  The answer is 4. <|endoftext|> junk </s> ") == "The answer is 4."
-    assert E.postprocess_completion("\n x \n") == "x"
+    assert G.postprocess_completion("  The answer is 4. <|endoftext|> junk </s> ") == "The answer is 4."
+    assert G.postprocess_completion("\n x \n") == "x"
     text = "a </s> b <|im_end|>"
-    assert E.postprocess_completion(E.postprocess_completion(text)) == E.postprocess_completion(text) == "a"
-    ids = E.stop_token_ids(tokenizer)
+    assert G.postprocess_completion(G.postprocess_completion(text)) == G.postprocess_completion(text) == "a"
+    ids = P.eos_ids(tokenizer, stop_strings=P.STOP_STRINGS)
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in ids and tokenizer.convert_tokens_to_ids(
         "<|endoftext|>") in ids
 
 
 def _gsm8k_prompt_ids(tokenizer) -> list[list[int]]:
-    texts = [E.build_prompt("gsm8k", r, tokenizer) for r in gsm8k_style_rows()]
-    return E.encode_prompts(tokenizer, texts)
+    texts = [B.build_prompt("gsm8k", r, tokenizer) for r in gsm8k_style_rows()]
+    return P.encode_prompts(tokenizer, texts)
 
 
 def test_batched_generation_equals_one_at_a_time(expert, tokenizer):
     prompts = _gsm8k_prompt_ids(tokenizer)
     prompts.append(prompts[0][:40])  # a much shorter prompt forces real left padding
-    batched = E.generate_texts(expert, tokenizer, prompts, max_new_tokens=24, batch_size=8)
-    single = E.generate_texts(expert, tokenizer, prompts, max_new_tokens=24, batch_size=1)
+    batched = G.generate_texts(expert, tokenizer, prompts, max_new_tokens=24, batch_size=8)
+    single = G.generate_texts(expert, tokenizer, prompts, max_new_tokens=24, batch_size=1)
     assert [o.ids for o in batched] == [o.ids for o in single]
     assert [o.text for o in batched] == [o.text for o in single]
     assert [o.finish_reason for o in batched] == [o.finish_reason for o in single]
     assert all(1 <= o.new_tokens <= 24 for o in batched)
-    eos = set(E.stop_token_ids(tokenizer, expert))
+    eos = set(P.eos_ids(tokenizer, expert, P.STOP_STRINGS))
     for o in batched:
         assert (o.finish_reason == "eos") == (o.ids[-1] in eos)
         assert o.finish_reason == "eos" or o.new_tokens == 24
@@ -166,12 +148,12 @@ def test_batched_generation_equals_one_at_a_time(expert, tokenizer):
 
 def test_generation_stops_at_stop_strings(expert, tokenizer):
     prompts = _gsm8k_prompt_ids(tokenizer)
-    free = E.generate_texts(expert, tokenizer, prompts, max_new_tokens=30, batch_size=8, stop_strings=())
+    free = G.generate_texts(expert, tokenizer, prompts, max_new_tokens=30, batch_size=8, stop_strings=())
     target = next(o for o in free if len(o.text) > 8)
     i = free.index(target)
     needle = target.text[4:6]  # a string the model writes: it must stop there now
-    cut = E.generate_texts(expert, tokenizer, prompts, max_new_tokens=30, batch_size=8,
-                           stop_strings=(needle,), eos_ids=E.stop_token_ids(tokenizer, expert))
+    cut = G.generate_texts(expert, tokenizer, prompts, max_new_tokens=30, batch_size=8,
+                           stop_strings=(needle,), eos_ids=P.eos_ids(tokenizer, expert, P.STOP_STRINGS))
     assert cut[i].finish_reason == "stop"
     assert cut[i].new_tokens < free[i].new_tokens
     assert needle not in cut[i].text and target.text.startswith(cut[i].text)
@@ -181,20 +163,20 @@ def test_generation_stops_at_stop_strings(expert, tokenizer):
 def test_build_prompt_forms(tokenizer):
     row = gsm8k_style_rows()[0]
     q = grading.parse_question("gsm8k", dict(row))
-    assert E.build_prompt("gsm8k", row, tokenizer) == grading.build_qwen25_math_prompt(q)
-    assert E.build_prompt("gsm8k", row, tokenizer, shots=5) == grading.build_qwen25_math_prompt(q)  # mmlu only
-    chat = E.build_prompt("gsm8k", row, tokenizer, "chat")
-    assert E.SYSTEM_PROMPT in chat and q in chat and chat.endswith("assistant\n")
+    assert B.build_prompt("gsm8k", row, tokenizer) == grading.build_qwen25_math_prompt(q)
+    assert B.build_prompt("gsm8k", row, tokenizer, shots=5) == grading.build_qwen25_math_prompt(q)  # mmlu only
+    chat = B.build_prompt("gsm8k", row, tokenizer, "chat")
+    assert P.BOXED_SYSTEM_PROMPT in chat and q in chat and chat.endswith("assistant\n")
     mmlu = {"question": "Which is a prime?", "choices": ["4", "6", "7", "9"], "answer": 2}
     demos = grading.FEW_SHOT["mmlu_stem"][:3]
-    shot = E.build_prompt("mmlu_stem", mmlu, tokenizer, shots=3)
+    shot = B.build_prompt("mmlu_stem", mmlu, tokenizer, shots=3)
     mq = grading.parse_question("mmlu_stem", dict(mmlu))
     assert shot == grading.build_qwen25_math_prompt(mq, demos)
     assert all(d[0] in shot for d in demos) and grading.FEW_SHOT["mmlu_stem"][3][0] not in shot.split(demos[-1][0])[0]
-    assert E.few_shot_input(mq, demos) in E.build_prompt("mmlu_stem", mmlu, tokenizer, "chat", 3)
+    assert P.few_shot_input(mq, demos) in B.build_prompt("mmlu_stem", mmlu, tokenizer, "chat", 3)
     assert mmlu["choices"] == ["4", "6", "7", "9"]  # never mutated
     with pytest.raises(ConfigError, match="chat template"):
-        E.build_prompt("gsm8k", row, byte_tokenizer(with_chat_template=False), "chat")
+        B.build_prompt("gsm8k", row, byte_tokenizer(with_chat_template=False), "chat")
 
 
 def test_config_and_data_errors(tmp_path, data_dir):
@@ -208,10 +190,10 @@ def test_config_and_data_errors(tmp_path, data_dir):
         resolve(E.EvalConfig, cli={"model": "m", "output": "o", "benchmarks": "gsm8k,gsm9k"})
     assert resolve(E.EvalConfig, cli={"compare": "a,b"}).compare == ("a", "b")
     with pytest.raises(InputError, match="toolkit's layout"):
-        E.load_benchmark("svamp", data_dir)
-    shipped = E.load_benchmark("svamp", None)  # the copy shipped with the package
-    assert len(shipped) == 1000 and E.load_benchmark("svamp", None, limit=2) == shipped[:2]
-    rows = E.load_benchmark("gsm8k", data_dir, limit=3)
+        B.load_benchmark("svamp", data_dir)
+    shipped = B.load_benchmark("svamp", None)  # the copy shipped with the package
+    assert len(shipped) == 1000 and B.load_benchmark("svamp", None, limit=2) == shipped[:2]
+    rows = B.load_benchmark("gsm8k", data_dir, limit=3)
     assert [r["idx"] for r in rows] == [0, 1, 2]
 
 
@@ -222,19 +204,19 @@ def test_config_and_data_errors(tmp_path, data_dir):
 def test_eval_end_to_end_all_benchmarks(tmp_path, model_dirs, capsys):
     out = tmp_path / "run"
     argv = ["eval", "--model", model_dirs[0], "--data-dir", str(BENCH), "--output", str(out), "--limit", "2",
-            "--benchmarks", ",".join(E.PAPER_BENCHMARKS)] + [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
+            "--benchmarks", ",".join(B.PAPER_BENCHMARKS)] + [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
     assert cli.main(argv) == 0
     assert "average" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["limit"] == 2 and config["identity"]["model_fingerprint"].startswith("sha256:")
     assert "torch" in config["environment"] and config["model"]["parameters"] > 0
-    assert summary["order"] == list(E.PAPER_BENCHMARKS)
+    assert summary["order"] == list(B.PAPER_BENCHMARKS)
     accs = []
-    for b in E.PAPER_BENCHMARKS:
+    for b in B.PAPER_BENCHMARKS:
         s = summary["benchmarks"][b]
         recs = read_jsonl(out / f"{b}.jsonl")
-        examples = E.load_benchmark(b, BENCH, 2)
+        examples = B.load_benchmark(b, BENCH, 2)
         assert [r["id"] for r in recs] == [str(ex["idx"]) for ex in examples]
         assert s["n"] == len(recs) == 2 and s["correct"] == sum(r["correct"] for r in recs)
         assert s["accuracy"] == round(100 * statistics.fmean(r["correct"] for r in recs), 1)
@@ -242,14 +224,16 @@ def test_eval_end_to_end_all_benchmarks(tmp_path, model_dirs, capsys):
         assert s["new_tokens"] == sum(r["new_tokens"] for r in recs)
         for r, ex in zip(recs, examples):
             assert 1 <= r["new_tokens"] <= FAST["max_new_tokens"]
-            assert r["prompt"] == E.build_prompt(b, ex, None)
+            assert r["prompt"] == B.build_prompt(b, ex, None)
             g = grading.grade(b, dict(ex), r["completion"])
             assert (g.pred, g.gold, g.correct) == (r["pred"], r["gold"], r["correct"])
         accs.append(s["accuracy"])
     assert summary["average"] == round(statistics.fmean(accs), 1)
     assert summary["totals"]["n"] == 14
+    assert all(summary["benchmarks"][b]["accuracy_ci95"] == list(ST.accuracy_ci(summary["benchmarks"][b]["correct"], 2))
+               for b in B.PAPER_BENCHMARKS)
     md = (out / "summary.md").read_text()
-    assert all(f"| {b} | 2 |" in md for b in E.PAPER_BENCHMARKS)
+    assert all(f"| {b} | 2 |" in md for b in B.PAPER_BENCHMARKS)
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, model_dirs, data_dir):
@@ -379,12 +363,12 @@ def test_bf16_adapter_eval_matches_the_merge_stage(tmp_path, model_dirs, data_di
 
 def test_evaluate_model_scores_known_completions(tmp_path, monkeypatch, tokenizer, data_dir):
     """Half the completions box the gold answer: accuracy, records and resume follow the grader's verdicts."""
-    examples = E.load_benchmark("gsm8k", data_dir)
+    examples = B.load_benchmark("gsm8k", data_dir)
     answers = {}
     for k, ex in enumerate(examples):
         gold = ex["answer"].split("####")[-1].strip()
         text = f"So the total is \\boxed{{{gold}}}." if k % 2 == 0 else f"It is {int(gold) + 1} </s> ignored"
-        prompt = E.encode_prompts(tokenizer, [E.build_prompt("gsm8k", ex, tokenizer)])[0]
+        prompt = P.encode_prompts(tokenizer, [B.build_prompt("gsm8k", ex, tokenizer)])[0]
         answers[tuple(prompt)] = text
 
     calls = []
@@ -393,9 +377,9 @@ def test_evaluate_model_scores_known_completions(tmp_path, monkeypatch, tokenize
         calls.append(len(prompts))
         for i, p in enumerate(prompts):
             text = answers[tuple(p)]
-            yield [i], [E.GenOutput(E.postprocess_completion(text), [1] * 7, "stop", 0.5)], 0.5
+            yield [i], [G.GenOutput(G.postprocess_completion(text), [1] * 7, "stop", 0.5)], 0.5
 
-    monkeypatch.setattr(E, "iter_generate", fake_iter_generate)
+    monkeypatch.setattr(EV, "iter_generate", fake_iter_generate)
     cfg = E.EvalConfig(model="fake", output=str(tmp_path), max_new_tokens=8)
     out = tmp_path / "gsm8k.jsonl"
     first = E.evaluate_model(None, tokenizer, "gsm8k", examples[:3], cfg, out, progress=False)
@@ -413,6 +397,6 @@ def test_evaluate_model_scores_known_completions(tmp_path, monkeypatch, tokenize
     # A smaller selection keeps the other finished records aside; a larger one takes them back, generating nothing.
     small = E.evaluate_model(None, tokenizer, "gsm8k", examples[:2], cfg, out, progress=False)
     assert small["n"] == 2 and [r["id"] for r in read_jsonl(out)] == ["0", "1"]
-    assert sorted(r["id"] for r in read_jsonl(E.extra_path(out))) == ["2", "3", "4", "5"]
+    assert sorted(r["id"] for r in read_jsonl(EV.extra_path(out))) == ["2", "3", "4", "5"]
     again = E.evaluate_model(None, tokenizer, "gsm8k", examples, cfg, out, progress=False)
-    assert calls == [3, 3, 6] and again["records"] == s["records"] and not E.extra_path(out).exists()
+    assert calls == [3, 3, 6] and again["records"] == s["records"] and not EV.extra_path(out).exists()

@@ -166,12 +166,12 @@ def test_bad_devices_are_named():
 
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
-    from lightreasoner import grading
+    from lightreasoner import grade
 
     def boom(cfg):
         raise KeyError("surprise")
 
-    monkeypatch.setattr(grading, "grade_main", boom)
+    monkeypatch.setattr(grade, "grade_main", boom)
     args = ["grade", "--benchmark", "gsm8k", "--input", "a.jsonl", "--output", "b.jsonl"]
     assert cli.main(args) == 1
     err = capsys.readouterr().err

@@ -40,12 +40,18 @@ class GradeConfig:
 
 
 def read_grade_input(path: str, rules: str) -> list[dict]:
-    """The lines of ``--input``, each checked (JSON, the two fields, a gold these rules read) before grading."""
+    """The lines of ``--input``, each checked (UTF-8, JSON, the two fields, a gold these rules read) before
+    grading."""
     if not Path(path).is_file():
         raise InputError(f"--input: no such file {path!r}")
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{n}: not UTF-8 text (byte {e.start} of the line); re-save the file as "
+                                 f"UTF-8, or fix or remove the line") from None
             if not line.strip():
                 continue
             try:

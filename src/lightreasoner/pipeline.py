@@ -27,8 +27,10 @@ from .sample import SampleConfig
 from .sft import SFTConfig
 from .merge import MergeConfig
 from .train import TrainConfig
+from .benchmarks import data_inputs, load_benchmark
 from .config import flag_prefix, option, to_dict, to_yaml
 from .embedded import DEFAULT_AMATEUR, DEFAULT_EXPERT
+from .prompts import DEFAULT_SYSTEM_PROMPT
 from .utils import InputError, atomic_write, write_json, writes_output
 
 logger = logging.getLogger(__name__)
@@ -144,7 +146,7 @@ def plan(cfg: RunConfig) -> list[Stage]:
     if cfg.perplexity_problems > 0:
         ident = layout.identity("perplexity", {"problems": cfg.perplexity_problems, "dtype": cfg.dtype},
                                 {"train": s_train.fingerprint, "expert": layout.model_input(cfg.expert),
-                                 "data": evaluate.data_inputs(dataclasses.replace(cfg.eval, benchmarks=("gsm8k",)))})
+                                 "data": data_inputs(("gsm8k",), cfg.eval.data_dir)})
         stages.append(Stage("perplexity", "", L.perplexity, cfg, perplexity_stage, ident))
     rcfg = filled["report"]
     ident = layout.stage_identity("report", rcfg, {s.name: s.fingerprint for s in stages})
@@ -229,7 +231,7 @@ def perplexity_stage(cfg: RunConfig) -> int:
     with layout.StageRun(L.perplexity, me.identity, rerun=cfg.rerun) as stage:
         if stage.done:
             return 0
-        rows = evaluate.load_benchmark("gsm8k", cfg.eval.data_dir, limit=cfg.perplexity_problems)
+        rows = load_benchmark("gsm8k", cfg.eval.data_dir, limit=cfg.perplexity_problems)
         # The gold text is the reference solution (its reasoning, without the final "#### n" line).
         problems = [Problem(str(i), r["question"], None, r["answer"].split("####")[0].strip()) for i, r in
                     enumerate(rows)]
@@ -243,7 +245,7 @@ def perplexity_stage(cfg: RunConfig) -> int:
         out = []
         for name, step, path in points:
             model = base.model if path is None else PeftModel.from_pretrained(base.model, str(path)).eval()
-            nll, ppl = report.gold_perplexity(model, base.tokenizer, problems, sample.DEFAULT_SYSTEM_PROMPT)
+            nll, ppl = report.gold_perplexity(model, base.tokenizer, problems, DEFAULT_SYSTEM_PROMPT)
             out.append({"name": name, "step": step, "mean_nll": nll, "perplexity": ppl})
             if path is not None:
                 base.model = model.unload()
