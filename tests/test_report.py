@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import yaml
 
 from lightreasoner import cli
-from lightreasoner import evaluate as E
+from lightreasoner import evaluation as E
 from lightreasoner import report as R
 from lightreasoner.layout import RunLayout
 from lightreasoner.problems import Problem
