@@ -29,7 +29,7 @@ from .embedded import DEFAULT_EXPERT
 from .problems import Problem, load_problems
 from .trajectories import MAX_LENGTH, check_label_range, load_training_examples, manifest_path
 from .training import TrainParams, make_accelerator, train
-from .sample import DEFAULT_SYSTEM_PROMPT, build_prompt_ids
+from .prompts import DEFAULT_SYSTEM_PROMPT, build_prompt_ids
 from .utils import (InputError, JsonlAppender, environment_info, read_complete_jsonl, read_json, write_json,
                     write_jsonl, writes_output)
 
@@ -118,7 +118,7 @@ def sample_candidates(model: Any, tokenizer: Any, problems: Sequence[Problem], p
     """
     from tqdm.auto import tqdm
 
-    from .evaluate import iter_generate
+    from .generation import iter_generate
 
     done = {r["id"] for r in read_complete_jsonl(path)}
     todo = [(p, j) for p in problems for j in range(k) if f"{p.id}#{j}" not in done]
