@@ -106,3 +106,36 @@ def test_time_shares_add_up_to_the_wall_time(expert):
     wall = time.perf_counter() - t0
     assert len(shares) == 7 and all(s > 0 for s in shares)
     assert sum(shares) <= wall and sum(shares) > 0.5 * wall
+
+
+def test_the_step_hook_sees_fed_tokens_and_hidden_states_across_admissions(expert):
+    """With rows admitted mid-decode, ``fed`` is -1 for a row just prefilled and else the token it was just fed
+    (its last generated one), and the captured hidden states are the ones the logits were computed from."""
+    prompts = _prompts(7, seed=5)
+    fed_seen: dict[int, list[int]] = {}
+    mixed = []
+    head = expert.get_output_embeddings()
+
+    def hook(view):
+        for r, f in zip(view.rows.tolist(), view.fed.tolist()):
+            fed_seen.setdefault(r, []).append(f)
+        mixed.append(bool((view.fed < 0).any()) and bool((view.fed >= 0).any()))
+        with torch.inference_mode():
+            torch.testing.assert_close(head(view.hidden), view.logits, atol=1e-4, rtol=1e-4)
+
+    done = {i: c.ids for i, c, _ in stream(expert, prompts, max_new_tokens=6, eos_ids=[EOS], pad_id=257,
+                                           batch_size=3, refill=1, on_step=hook, capture_hidden=True,
+                                           stop=lambda ids: "x" if len(ids) == 2 + ids[0] % 4 else None)}
+    assert sorted(done) == list(range(7)) and any(mixed)  # some steps had old and just-admitted rows together
+    for r, ids in done.items():
+        assert fed_seen[r] == [-1] + ids[:-1]
+
+
+def test_prompts_in_their_order_decode_the_same(expert):
+    prompts = _prompts(5, seed=6)
+    kw = dict(max_new_tokens=8, eos_ids=[EOS], pad_id=257)
+    first_rows = []
+    given = {i: c.ids for i, c, _ in stream(expert, prompts, longest_first=False,
+                                           on_step=lambda v: first_rows.append(v.rows.tolist()), **kw)}
+    assert first_rows[0] == list(range(5))
+    assert given == {i: c.ids for i, c, _ in stream(expert, prompts, **kw)}

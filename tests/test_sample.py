@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from lightreasoner import sample as S
+from lightreasoner import sampling as SA
 from lightreasoner.cli import main as cli_main
 from lightreasoner.contrast import reduce_step
 from lightreasoner.models import LoadedModel, VocabMismatchError, check_vocab
 from lightreasoner.problems import generate_problems
+from lightreasoner.prompts import build_prompt_ids
 from lightreasoner.testing import byte_tokenizer, tiny_causal_lm
 from lightreasoner.utils import read_complete_jsonl
 
@@ -24,14 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def prompts(tokenizer):
-    return [S.build_prompt_ids(tokenizer, q) for q in QUESTIONS]
+    return [build_prompt_ids(tokenizer, q) for q in QUESTIONS]
 
 
 @pytest.mark.parametrize("mode", ["teacher-forced", "lockstep"])
 def test_single_pass_scoring_equals_per_prefix_computation(expert, amateur, tokenizer, mode):
-    params = S.ScoringParams(max_new_tokens=12, amateur_pass=mode, beta=0.0)
+    params = SA.ScoringParams(max_new_tokens=12, amateur_pass=mode, beta=0.0)
     hooks = [dict(m.get_output_embeddings()._forward_pre_hooks) for m in (expert, amateur)]
-    trajs = S.sample_batch(expert, amateur, prompts(tokenizer), [256], 257, 320, params)
+    trajs = SA.sample_batch(expert, amateur, prompts(tokenizer), [256], 257, 320, params)
     # the decoders took their hooks away with them
     assert [dict(m.get_output_embeddings()._forward_pre_hooks) for m in (expert, amateur)] == hooks
     for p, tr in zip(prompts(tokenizer), trajs):
@@ -57,10 +59,10 @@ def test_single_pass_scoring_equals_per_prefix_computation(expert, amateur, toke
 
 
 def test_batched_greedy_equals_one_problem_at_a_time(expert, amateur, tokenizer):
-    params = S.ScoringParams(max_new_tokens=16)
-    batched = S.sample_batch(expert, amateur, prompts(tokenizer), [256], 257, 320, params)
+    params = SA.ScoringParams(max_new_tokens=16)
+    batched = SA.sample_batch(expert, amateur, prompts(tokenizer), [256], 257, 320, params)
     for p, b in zip(prompts(tokenizer), batched):
-        alone = S.sample_batch(expert, amateur, [p], [256], 257, 320, params)[0]
+        alone = SA.sample_batch(expert, amateur, [p], [256], 257, 320, params)[0]
         assert alone.completion == b.completion
         assert alone.kl == pytest.approx(b.kl, abs=1e-4)
 
@@ -70,8 +72,8 @@ def test_completion_stops_at_first_eos_and_keeps_it(tokenizer):
     with torch.no_grad():
         model.lm_head.bias = None
         model.lm_head.weight[256] += 50.0 * model.lm_head.weight[65]  # make eos very likely somewhere
-    params = S.ScoringParams(max_new_tokens=40)
-    trajs = S.sample_batch(model, model, prompts(tokenizer), [256], 257, 320, params)
+    params = SA.ScoringParams(max_new_tokens=40)
+    trajs = SA.sample_batch(model, model, prompts(tokenizer), [256], 257, 320, params)
     for tr in trajs:
         assert 256 not in tr.completion[:-1]
         assert len(tr.kl) == len(tr.completion)
@@ -81,8 +83,8 @@ def test_completion_stops_at_first_eos_and_keeps_it(tokenizer):
 
 def test_larger_beta_keeps_a_subset_and_switches(expert, amateur, tokenizer):
     def kept(**kw):
-        params = S.ScoringParams(max_new_tokens=16, **kw)
-        trajs = S.sample_batch(expert, amateur, prompts(tokenizer), [256], 257, 320, params)
+        params = SA.ScoringParams(max_new_tokens=16, **kw)
+        trajs = SA.sample_batch(expert, amateur, prompts(tokenizer), [256], 257, 320, params)
         return {(i, s["pos"]) for i, tr in enumerate(trajs) for s in tr.steps}, trajs
 
     lo, trajs = kept(beta=1.0)
@@ -98,7 +100,7 @@ def test_larger_beta_keeps_a_subset_and_switches(expert, amateur, tokenizer):
 
 
 def _run_sample(expert, amateur, tokenizer, problems, out, **kw):
-    return S.sample_problems(expert, amateur, tokenizer, problems, out, params=S.ScoringParams(max_new_tokens=10),
+    return S.sample_problems(expert, amateur, tokenizer, problems, out, params=SA.ScoringParams(max_new_tokens=10),
                              batch_size=2, progress=False, **kw)
 
 

@@ -1,20 +1,12 @@
-"""Stage 1, sampling: the expert writes reasoning prefixes; steps where the amateur departs become soft labels.
+"""Stage 1, ``lightreasoner sample``: problems -> a samples file of expert prefixes with per-step soft labels.
 
-For each problem the expert greedily writes up to ``max_new_tokens`` tokens. At every step ``t`` both models'
-next-token distributions on the same token ids are reduced at once (see :mod:`.contrast`) to the step's KL,
-entropies, top tokens and, for kept steps (``KL >= beta``), the sparse contrastive soft label. Full-vocabulary
-distributions never outlive their step (lockstep) or their chunk of steps (teacher-forced).
-
-Two ways to score with the amateur (``--amateur-pass``), both exact:
-
-- ``lockstep``: the amateur keeps its own KV cache and consumes each token the expert emits, in step;
-- ``teacher-forced``: the expert's final hidden states are kept during generation (``[B, T, H]``, small); then
-  the amateur reads every finished trajectory in one forward pass, and both output layers are applied to chunks
-  of steps.
-
-Records are appended per batch (fsynced); a killed run resumes with the same command and ends with exactly the
-records an uninterrupted run writes. Under ``accelerate launch``/``torchrun`` each rank samples every
-``world_size``-th batch into its own shard and rank 0 merges the shards in problem order.
+The expert writes a greedy reasoning prefix for each problem and every step is scored against the amateur
+(:mod:`.sampling`: the method's core; :mod:`.prompts`: the chat prompt). This module is the stage around it:
+problems in fixed batches, records appended per batch (fsynced), so a killed run resumes with the same command
+and ends with exactly the records an uninterrupted run writes. Under ``accelerate launch``/``torchrun`` each rank
+samples every ``world_size``-th batch into its own shard and rank 0 merges the shards in problem order. The stage
+folder's ``meta.json`` (written last) holds the identity, counts, models and timings. ``lightreasoner inspect``
+prints kept steps of a samples file.
 """
 
 from __future__ import annotations
@@ -30,17 +22,15 @@ import torch
 
 from . import layout
 from .config import flag, option, to_dict
-from .contrast import StepReduction, reduce_step
 from .embedded import DEFAULT_AMATEUR, DEFAULT_EXPERT
-from .generation import CachedDecoder, left_pad
+from .generation import pad_id_of
 from .problems import Problem, load_problems
+from .prompts import DEFAULT_SYSTEM_PROMPT, build_prompt_ids, eos_ids
+from .sampling import ScoringParams, format_step, reference_records, sample_batch, to_record
 from .utils import (InputError, JsonlAppender, Stopwatch, dist_info, read_complete_jsonl,
                     read_json, write_json, write_jsonl, writes_output)
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_SYSTEM_PROMPT = "Please reason step by step."
-
 
 @dataclass(frozen=True)
 class SampleConfig:
@@ -99,199 +89,6 @@ class SampleConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Prompts
-
-
-def build_prompt_ids(tokenizer: Any, question: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> list[int]:
-    """Token ids of the expert's chat prompt (system + user turn, generation prompt added)."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question}]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    else:
-        text = f"{system_prompt}\n\nQuestion: {question}\nAnswer:"
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def eos_ids_of(model: Any, tokenizer: Any) -> list[int]:
-    """End-of-sequence ids: the tokenizer's plus those in the model's generation config."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids |= set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos] if gen_eos is not None else [])
-    if not ids:
-        raise InputError("the expert's tokenizer has no eos token; set one (tokenizer.eos_token)")
-    return sorted(ids)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The core: one batch of problems -> records
-
-
-@dataclass(frozen=True)
-class ScoringParams:
-    alpha: float = 0.2
-    beta: float = 0.4
-    selection: bool = True
-    contrast: bool = True
-    include_first_step: bool = False
-    max_new_tokens: int = 128
-    amateur_pass: str = "teacher-forced"
-    chunk_steps: int = 128  # (row, step) pairs reduced at once in teacher-forced mode
-
-    @classmethod
-    def from_config(cls, cfg: SampleConfig) -> "ScoringParams":
-        return cls(cfg.alpha, cfg.beta, cfg.selection, cfg.contrast, cfg.include_first_step, cfg.max_new_tokens,
-                   cfg.amateur_pass)
-
-
-class _Trajectory:
-    """Per-problem accumulator of a batch."""
-
-    __slots__ = ("completion", "kl", "ent_e", "ent_a", "agree", "steps", "done")
-
-    def __init__(self) -> None:
-        self.completion: list[int] = []
-        self.kl: list[float] = []
-        self.ent_e: list[float] = []
-        self.ent_a: list[float] = []
-        self.agree: list[bool] = []
-        self.steps: list[dict] = []
-        self.done = False
-
-    def add(self, t: int, red: StepReduction, i: int, params: ScoringParams, kl_row: list, ent_e: list,
-            ent_a: list, agree: list) -> None:
-        """Record step ``t`` from row ``i`` of a reduction (lists are the reduction's ``.tolist()``s)."""
-        kl = kl_row[i]
-        self.kl.append(round(kl, 6))
-        self.ent_e.append(round(ent_e[i], 6))
-        self.ent_a.append(round(ent_a[i], 6))
-        self.agree.append(bool(agree[i]))
-        if (t > 0 or params.include_first_step) and (not params.selection or kl >= params.beta):
-            ids = red.label_ids[i]
-            n = int((ids >= 0).sum())
-            self.steps.append({
-                "pos": t, "kl": round(kl, 6), "token_ids": ids[:n].tolist(),
-                "weights": [round(w, 6) for w in red.label_weights[i, :n].tolist()],
-                "expert_top": [[a, round(b, 6)] for a, b in zip(red.expert_top_ids[i].tolist(),
-                                                              red.expert_top_probs[i].tolist())],
-                "amateur_top": [[a, round(b, 6)] for a, b in zip(red.amateur_top_ids[i].tolist(),
-                                                               red.amateur_top_probs[i].tolist())],
-            })
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.inference_mode()
-def sample_batch(expert: Any, amateur: Any, prompts: Sequence[Sequence[int]], eos_ids: Sequence[int], pad_id: int,
-                 vocab_size: int, params: ScoringParams, timer: Stopwatch | None = None) -> list[_Trajectory]:
-    """Generate greedily with the expert and score every step against the amateur, for one batch.
-
-    ``vocab_size``: the common logit width both models are compared on (see :func:`models.check_vocab`).
-    Returns one :class:`_Trajectory` per prompt, in order.
-    """
-    timer = timer or Stopwatch()
-    device = next(expert.parameters()).device
-    ids, mask = left_pad(prompts, pad_id, device)
-    lockstep = params.amateur_pass == "lockstep"
-    dec_e = CachedDecoder(expert, capture_hidden=not lockstep)
-    dec_a = CachedDecoder(amateur) if lockstep else None
-    trajs = [_Trajectory() for _ in prompts]
-    eos = torch.tensor(sorted(set(eos_ids)), device=device)
-    rows = torch.arange(len(prompts), device=device)
-    hidden: list[torch.Tensor] = []  # teacher-forced: per step, [B_live, H] with the live rows of that step
-    live_rows: list[torch.Tensor] = []
-    with timer("generation"):
-        logits_e = dec_e.prefill(ids, mask)
-        _sync(device)
-    if dec_a is not None:
-        with timer("scoring"):
-            logits_a = dec_a.prefill(ids, mask)
-    for t in range(params.max_new_tokens):
-        if lockstep:
-            with timer("scoring"):
-                red = reduce_step(logits_e[:, :vocab_size], logits_a[:, :vocab_size], params.alpha,
-                                  params.contrast)
-                lists = (red.kl.tolist(), red.expert_entropy.tolist(), red.amateur_entropy.tolist(),
-                         red.top1_agree.tolist())
-                for i, r in enumerate(rows.tolist()):
-                    trajs[r].add(t, red, i, params, *lists)
-        else:
-            hidden.append(dec_e.last_hidden)
-            live_rows.append(rows)
-        with timer("generation"):
-            tok = logits_e.argmax(-1)
-            done = torch.isin(tok, eos)
-            for r, tk in zip(rows.tolist(), tok.tolist()):
-                trajs[r].completion.append(tk)
-            if t == params.max_new_tokens - 1:
-                break
-            live = (~done).nonzero().view(-1)
-            if live.numel() == 0:
-                break
-            rows, tok = rows[live], tok[live]
-            dec_e.keep(live)
-            logits_e = dec_e.step(tok)
-            _sync(device)
-        if dec_a is not None:
-            with timer("scoring"):
-                dec_a.keep(live)
-                logits_a = dec_a.step(tok)
-    for dec in (dec_e, dec_a):
-        if dec is not None:
-            dec.close()  # removes its hook from the model's output layer (the hook holds the decoder's cache)
-    if not lockstep:
-        with timer("scoring"):
-            _score_teacher_forced(expert, amateur, prompts, trajs, hidden, live_rows, pad_id, vocab_size, params)
-    return trajs
-
-
-def _score_teacher_forced(expert: Any, amateur: Any, prompts: Sequence[Sequence[int]], trajs: list[_Trajectory],
-                          hidden: list[torch.Tensor], live_rows: list[torch.Tensor], pad_id: int, vocab_size: int,
-                          params: ScoringParams) -> None:
-    """One amateur pass over the finished trajectories, then both output layers on chunks of steps."""
-    device = next(amateur.parameters()).device
-    B, H = len(prompts), hidden[0].shape[-1]
-    T = len(hidden)
-    h_e = hidden[0].new_zeros((B, T, H))
-    for t, (h, r) in enumerate(zip(hidden, live_rows)):
-        h_e[r, t] = h
-    # The amateur reads prompt + completion[:-1] (left-padded prompts, right-padded completions).
-    width = max(len(p) for p in prompts)
-    seqs = [[pad_id] * (width - len(p)) + list(p) + tr.completion[:-1] for p, tr in zip(prompts, trajs)]
-    L = max(len(s) for s in seqs)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    mask = torch.zeros((B, L), dtype=torch.long)
-    for i, (p, s) in enumerate(zip(prompts, seqs)):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, width - len(p):len(s)] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    h_a = amateur.base_model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
-    head_e, head_a = expert.get_output_embeddings(), amateur.get_output_embeddings()
-    # Step t of row i is predicted at padded position width - 1 + t.
-    pairs = [(i, t) for i, tr in enumerate(trajs) for t in range(len(tr.completion))]
-    for c in range(0, len(pairs), params.chunk_steps):
-        chunk = pairs[c:c + params.chunk_steps]
-        ri = torch.tensor([i for i, _ in chunk], device=device)
-        ti = torch.tensor([t for _, t in chunk], device=device)
-        le = head_e(h_e[ri, ti].to(head_e.weight.device))[:, :vocab_size]
-        la = head_a(h_a[ri, width - 1 + ti])[:, :vocab_size]
-        red = reduce_step(le, la, params.alpha, params.contrast)
-        lists = (red.kl.tolist(), red.expert_entropy.tolist(), red.amateur_entropy.tolist(),
-                 red.top1_agree.tolist())
-        for j, (i, t) in enumerate(chunk):
-            trajs[i].add(t, red, j, params, *lists)
-
-
-def to_record(problem: Problem, prompt_ids: Sequence[int], tr: _Trajectory) -> dict:
-    return {"id": problem.id, "question": problem.question, "prompt_ids": list(prompt_ids),
-            "completion_ids": tr.completion, "kl": tr.kl, "expert_entropy": tr.ent_e, "amateur_entropy": tr.ent_a,
-            "top1_agree": tr.agree, "steps": tr.steps}
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The stage: problems -> samples file (resumable, sharded across ranks)
 
 
@@ -320,8 +117,8 @@ def sample_problems(expert: Any, amateur: Any, tokenizer: Any, problems: Sequenc
     path = output if world_size == 1 else shard_path(output, rank)
     done = {r["id"] for r in read_complete_jsonl(path)}
     vocab_size = vocab_size or int(expert.get_output_embeddings().weight.shape[0])
-    eos = eos_ids_of(expert, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    eos = eos_ids(tokenizer, expert)
+    pad = pad_id_of(tokenizer, eos)
     batches = [list(problems[i:i + batch_size]) for i in range(0, len(problems), batch_size)]
     mine = [b for k, b in enumerate(batches) if k % world_size == rank]
     todo = [b for b in mine if any(p.id not in done for p in b)]
@@ -364,19 +161,6 @@ def summarize(records: Sequence[dict], beta: float) -> dict[str, Any]:
         "kl_quantiles": qs,
         "kl_mean": round(sum(kls) / len(kls), 6) if kls else None,
     }
-
-
-def reference_records(records: Sequence[dict], tokenizer: Any) -> list[dict]:
-    """The authors' per-step format: one line per kept step, the prefix as text."""
-    out = []
-    for r in records:
-        comp = r["completion_ids"]
-        for s in r["steps"]:
-            out.append({"prompt_id": r["question"], "step": s["pos"],
-                        "prefix": tokenizer.decode(comp[:s["pos"]], skip_special_tokens=False),
-                        "tokens": tokenizer.convert_ids_to_tokens(s["token_ids"]), "token_ids": s["token_ids"],
-                        "weights": s["weights"], "kl_divergence": s["kl"]})
-    return out
 
 
 def _merge_shards(output: Path, world_size: int, order: dict[str, int]) -> list[dict]:
@@ -469,7 +253,7 @@ def _sample(cfg: SampleConfig, info: Any, stage: layout.StageRun | None) -> int:
     else:
         records = read_complete_jsonl(output)
     summary = summarize(records, cfg.beta)
-    eos = set(eos_ids_of(expert.model, expert.tokenizer))
+    eos = set(eos_ids(expert.tokenizer, expert.model))
     summary["counts"]["finished_with_eos"] = sum(bool(r["completion_ids"]) and r["completion_ids"][-1] in eos
                                                  for r in records)
     summary["counts"]["bad_rows_skipped"] = stats.get("bad_rows", 0)
@@ -517,21 +301,6 @@ class InspectConfig:
     tokenizer: str | None = option(None, "tokenizer to decode with (default: the manifest's expert)")
 
 
-def format_step(record: dict, step: dict, tokenizer: Any, context: int = 12) -> str:
-    comp = record["completion_ids"]
-    prefix = tokenizer.decode(comp[max(0, step["pos"] - context):step["pos"]])
-
-    def toks(pairs: Sequence[Sequence[float]]) -> str:
-        return "  ".join(f"{tokenizer.decode([int(i)])!r} {p:.3f}" for i, p in pairs)
-
-    label = list(zip(step["token_ids"], step["weights"]))
-    return (f"[{record['id']} step {step['pos']}] KL {step['kl']:.3f}\n"
-            f"  ...{prefix!r}\n"
-            f"  expert : {toks(step['expert_top'])}\n"
-            f"  amateur: {toks(step['amateur_top'])}\n"
-            f"  label  : {toks(label)}")
-
-
 def inspect_main(cfg: InspectConfig) -> int:
     from .models import load_tokenizer
 
@@ -561,3 +330,9 @@ def inspect_main(cfg: InspectConfig) -> int:
     if shown == 0:
         print("no kept steps match")
     return 0
+
+
+# Importable from here too (their home is the library: lightreasoner.prompts and lightreasoner.sampling).
+__all__ = ["SampleConfig", "main", "identity", "sample_problems", "summarize", "InspectConfig", "inspect_main",
+           "ScoringParams", "sample_batch", "to_record", "reference_records", "format_step", "build_prompt_ids",
+           "DEFAULT_SYSTEM_PROMPT", "manifest_path", "shard_path"]

@@ -1,0 +1,242 @@
+"""Sampling's core: the expert writes a reasoning prefix; every step is scored against the amateur.
+
+For each problem the expert greedily writes up to ``max_new_tokens`` tokens, through the one decoding loop
+(:func:`lightreasoner.generation.stream`, all prompts of a batch decoded together, in their order). At every step
+``t`` both models' next-token distributions on the same token ids are reduced at once (see :mod:`.contrast`) to
+the step's KL, entropies, top tokens and, for kept steps (``KL >= beta``), the sparse contrastive soft label.
+Full-vocabulary distributions never outlive their step (lockstep) or their chunk of steps (teacher-forced).
+
+Two ways to score with the amateur (``amateur_pass``), both exact:
+
+- ``lockstep``: a per-step hook of the loop (:class:`_Lockstep`) keeps the amateur's own KV cache, feeds it each
+  token the expert was fed, and scores the step;
+- ``teacher-forced``: the loop hands the hook the expert's final hidden states (``[B, H]`` per step, small); then
+  the amateur reads every finished trajectory in one forward pass, and both output layers are applied to chunks
+  of steps (:func:`_score_teacher_forced`).
+
+:func:`to_record` is a problem's record in the samples file; :func:`reference_records` the authors' per-step
+format; :func:`format_step` one kept step as ``lightreasoner inspect`` prints it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from .contrast import StepReduction, reduce_step
+from .decoder import CachedDecoder, left_pad
+from .generation import StepView, stream
+from .problems import Problem
+from .utils import Stopwatch
+
+
+@dataclass(frozen=True)
+class ScoringParams:
+    """How a batch is sampled and scored (``SampleConfig`` has these fields)."""
+
+    alpha: float = 0.2
+    beta: float = 0.4
+    selection: bool = True
+    contrast: bool = True
+    include_first_step: bool = False
+    max_new_tokens: int = 128
+    amateur_pass: str = "teacher-forced"
+    chunk_steps: int = 128  # (row, step) pairs reduced at once in teacher-forced mode
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ScoringParams":
+        """The parameters of a ``SampleConfig`` (or any object with its fields)."""
+        return cls(cfg.alpha, cfg.beta, cfg.selection, cfg.contrast, cfg.include_first_step, cfg.max_new_tokens,
+                   cfg.amateur_pass)
+
+
+class _Trajectory:
+    """Per-problem accumulator of a batch."""
+
+    __slots__ = ("completion", "kl", "ent_e", "ent_a", "agree", "steps", "done")
+
+    def __init__(self) -> None:
+        self.completion: list[int] = []
+        self.kl: list[float] = []
+        self.ent_e: list[float] = []
+        self.ent_a: list[float] = []
+        self.agree: list[bool] = []
+        self.steps: list[dict] = []
+        self.done = False
+
+    def add(self, t: int, red: StepReduction, i: int, params: ScoringParams, kl_row: list, ent_e: list,
+            ent_a: list, agree: list) -> None:
+        """Record step ``t`` from row ``i`` of a reduction (lists are the reduction's ``.tolist()``s)."""
+        kl = kl_row[i]
+        self.kl.append(round(kl, 6))
+        self.ent_e.append(round(ent_e[i], 6))
+        self.ent_a.append(round(ent_a[i], 6))
+        self.agree.append(bool(agree[i]))
+        if (t > 0 or params.include_first_step) and (not params.selection or kl >= params.beta):
+            ids = red.label_ids[i]
+            n = int((ids >= 0).sum())
+            self.steps.append({
+                "pos": t, "kl": round(kl, 6), "token_ids": ids[:n].tolist(),
+                "weights": [round(w, 6) for w in red.label_weights[i, :n].tolist()],
+                "expert_top": [[a, round(b, 6)] for a, b in zip(red.expert_top_ids[i].tolist(),
+                                                              red.expert_top_probs[i].tolist())],
+                "amateur_top": [[a, round(b, 6)] for a, b in zip(red.amateur_top_ids[i].tolist(),
+                                                               red.amateur_top_probs[i].tolist())],
+            })
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Lockstep:
+    """Per-step hook: the amateur follows the expert on its own KV cache and each step is scored at once.
+
+    The amateur is prefilled with the same left-padded prompts at the first step; at every later step it drops
+    the rows the expert dropped and is fed the tokens the expert was fed (``view.fed``).
+    """
+
+    def __init__(self, amateur: Any, prompts: Sequence[Sequence[int]], pad_id: int, vocab_size: int,
+                 params: ScoringParams, trajs: list[_Trajectory], timer: Stopwatch):
+        self.dec = CachedDecoder(amateur)
+        self.prompts, self.pad_id, self.vocab_size, self.params = prompts, pad_id, vocab_size, params
+        self.trajs, self.timer = trajs, timer
+        self.rows: list[int] | None = None
+
+    def __call__(self, view: StepView) -> None:
+        _sync(view.logits.device)  # the expert's step so far is generation time
+        with self.timer("scoring"):
+            rows = view.rows.tolist()
+            if self.rows is None:
+                assert view.fed is not None and bool((view.fed < 0).all()), "lockstep needs one admission"
+                ids, mask = left_pad([self.prompts[r] for r in rows], self.pad_id, self.dec.device)
+                logits_a = self.dec.prefill(ids, mask)
+            else:
+                where = {r: j for j, r in enumerate(self.rows)}
+                self.dec.keep(torch.tensor([where[r] for r in rows], device=self.dec.device))
+                logits_a = self.dec.step(view.fed)
+            self.rows = rows
+            v = self.vocab_size
+            red = reduce_step(view.logits[:, :v], logits_a[:, :v], self.params.alpha, self.params.contrast)
+            lists = (red.kl.tolist(), red.expert_entropy.tolist(), red.amateur_entropy.tolist(),
+                     red.top1_agree.tolist())
+            for i, r in enumerate(rows):
+                self.trajs[r].add(view.t, red, i, self.params, *lists)
+
+    def close(self) -> None:
+        self.dec.close()  # removes its hook from the amateur's output layer
+
+
+@torch.inference_mode()
+def sample_batch(expert: Any, amateur: Any, prompts: Sequence[Sequence[int]], eos_ids: Sequence[int], pad_id: int,
+                 vocab_size: int, params: ScoringParams, timer: Stopwatch | None = None) -> list[_Trajectory]:
+    """Generate greedily with the expert and score every step against the amateur, for one batch.
+
+    ``vocab_size``: the common logit width both models are compared on (see :func:`models.check_vocab`).
+    Returns one :class:`_Trajectory` per prompt, in order. ``timer`` gets ``generation`` and ``scoring`` seconds.
+    """
+    timer = timer or Stopwatch()
+    device = next(expert.parameters()).device
+    lockstep = params.amateur_pass == "lockstep"
+    trajs = [_Trajectory() for _ in prompts]
+    hidden: list[torch.Tensor] = []  # teacher-forced: per step, [B_live, H] with the live rows of that step
+    live_rows: list[torch.Tensor] = []
+
+    def keep_hidden(view: StepView) -> None:
+        hidden.append(view.hidden)  # type: ignore[arg-type]
+        live_rows.append(view.rows)
+
+    hook = _Lockstep(amateur, prompts, pad_id, vocab_size, params, trajs, timer) if lockstep else None
+    t0, scoring0 = time.perf_counter(), timer.totals.get("scoring", 0.0)
+    try:
+        for i, comp, _ in stream(expert, prompts, max_new_tokens=params.max_new_tokens, eos_ids=eos_ids,
+                                 pad_id=pad_id, on_step=hook or keep_hidden, longest_first=False,
+                                 capture_hidden=not lockstep):
+            trajs[i].completion = comp.ids
+        _sync(device)
+    finally:
+        if hook is not None:
+            hook.close()
+    generation = time.perf_counter() - t0 - (timer.totals.get("scoring", 0.0) - scoring0)
+    timer.totals["generation"] = timer.totals.get("generation", 0.0) + generation
+    if not lockstep:
+        with timer("scoring"):
+            _score_teacher_forced(expert, amateur, prompts, trajs, hidden, live_rows, pad_id, vocab_size, params)
+    return trajs
+
+
+def _score_teacher_forced(expert: Any, amateur: Any, prompts: Sequence[Sequence[int]], trajs: list[_Trajectory],
+                          hidden: list[torch.Tensor], live_rows: list[torch.Tensor], pad_id: int, vocab_size: int,
+                          params: ScoringParams) -> None:
+    """One amateur pass over the finished trajectories, then both output layers on chunks of steps."""
+    device = next(amateur.parameters()).device
+    B, H = len(prompts), hidden[0].shape[-1]
+    T = len(hidden)
+    h_e = hidden[0].new_zeros((B, T, H))
+    for t, (h, r) in enumerate(zip(hidden, live_rows)):
+        h_e[r, t] = h
+    # The amateur reads prompt + completion[:-1] (left-padded prompts, right-padded completions).
+    width = max(len(p) for p in prompts)
+    seqs = [[pad_id] * (width - len(p)) + list(p) + tr.completion[:-1] for p, tr in zip(prompts, trajs)]
+    L = max(len(s) for s in seqs)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, L), dtype=torch.long)
+    for i, (p, s) in enumerate(zip(prompts, seqs)):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, width - len(p):len(s)] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    h_a = amateur.base_model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+    head_e, head_a = expert.get_output_embeddings(), amateur.get_output_embeddings()
+    # Step t of row i is predicted at padded position width - 1 + t.
+    pairs = [(i, t) for i, tr in enumerate(trajs) for t in range(len(tr.completion))]
+    for c in range(0, len(pairs), params.chunk_steps):
+        chunk = pairs[c:c + params.chunk_steps]
+        ri = torch.tensor([i for i, _ in chunk], device=device)
+        ti = torch.tensor([t for _, t in chunk], device=device)
+        le = head_e(h_e[ri, ti].to(head_e.weight.device))[:, :vocab_size]
+        la = head_a(h_a[ri, width - 1 + ti])[:, :vocab_size]
+        red = reduce_step(le, la, params.alpha, params.contrast)
+        lists = (red.kl.tolist(), red.expert_entropy.tolist(), red.amateur_entropy.tolist(),
+                 red.top1_agree.tolist())
+        for j, (i, t) in enumerate(chunk):
+            trajs[i].add(t, red, j, params, *lists)
+
+
+def to_record(problem: Problem, prompt_ids: Sequence[int], tr: _Trajectory) -> dict:
+    """A problem's record in the samples file."""
+    return {"id": problem.id, "question": problem.question, "prompt_ids": list(prompt_ids),
+            "completion_ids": tr.completion, "kl": tr.kl, "expert_entropy": tr.ent_e, "amateur_entropy": tr.ent_a,
+            "top1_agree": tr.agree, "steps": tr.steps}
+
+
+def reference_records(records: Sequence[dict], tokenizer: Any) -> list[dict]:
+    """The authors' per-step format: one line per kept step, the prefix as text."""
+    out = []
+    for r in records:
+        comp = r["completion_ids"]
+        for s in r["steps"]:
+            out.append({"prompt_id": r["question"], "step": s["pos"],
+                        "prefix": tokenizer.decode(comp[:s["pos"]], skip_special_tokens=False),
+                        "tokens": tokenizer.convert_ids_to_tokens(s["token_ids"]), "token_ids": s["token_ids"],
+                        "weights": s["weights"], "kl_divergence": s["kl"]})
+    return out
+
+
+def format_step(record: dict, step: dict, tokenizer: Any, context: int = 12) -> str:
+    comp = record["completion_ids"]
+    prefix = tokenizer.decode(comp[max(0, step["pos"] - context):step["pos"]])
+
+    def toks(pairs: Sequence[Sequence[float]]) -> str:
+        return "  ".join(f"{tokenizer.decode([int(i)])!r} {p:.3f}" for i, p in pairs)
+
+    label = list(zip(step["token_ids"], step["weights"]))
+    return (f"[{record['id']} step {step['pos']}] KL {step['kl']:.3f}\n"
+            f"  ...{prefix!r}\n"
+            f"  expert : {toks(step['expert_top'])}\n"
+            f"  amateur: {toks(step['amateur_top'])}\n"
+            f"  label  : {toks(label)}")
