@@ -26,6 +26,10 @@ under the timeout, and text longer than ``MAX_TEXT_CHARS`` is not graded (wrong,
 Dependencies: sympy, latex2sympy2_extended (installed with math-verify; stands in for the toolkit's bundled
 latex2sympy2 1.9.0), antlr4-python3-runtime (sympy's ``parse_latex`` wants 4.11; with another 4.x runtime we drive
 sympy's own generated 4.11 parser directly, which the runtime accepts), word2number.
+
+A library only: the benchmark table (:mod:`lightreasoner.benchmarks`), the prompt and stop strings
+(:mod:`lightreasoner.prompts`) have their own homes and are re-exported here; ``lightreasoner grade`` is
+:mod:`lightreasoner.grade`.
 """
 
 from ..benchmarks import ALL_BENCHMARKS, FEW_SHOT
