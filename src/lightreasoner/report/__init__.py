@@ -1,7 +1,7 @@
 """``lightreasoner report``: one readable page (``report.md`` and ``report.html``) for a run folder.
 
 Reads what ``lightreasoner run`` writes into ``RUN_DIR`` (:class:`layout.RunLayout`; :mod:`.data`) and builds,
-section by section (:mod:`.sections`, :mod:`.sampling`):
+section by section (:mod:`.sections`, :mod:`.steps`):
 
 - the stage times (each stage folder's ``meta.json`` ``seconds``);
 - the paper's efficiency table: total time (sampling + training), sampled problems, tuned tokens and average
@@ -38,7 +38,7 @@ from .data import RUN_NAMES, RunData, eval_accuracies, lightreasoner_costs, sft_
 from .document import Doc, fmt_duration
 from .perplexity import gold_perplexity
 from .plots import kept_rate_by_position
-from .sampling import pick_kept_steps, resolve_tokenizer
+from .steps import pick_kept_steps, resolve_tokenizer
 from .sections import COMPLETION_CHARS, SECTIONS, Options, build
 
 logger = logging.getLogger(__name__)

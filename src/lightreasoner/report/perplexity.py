@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..generation import left_pad
+from ..decoder import left_pad
 from ..prompts import build_prompt_ids
 from ..utils import InputError
 

@@ -4,7 +4,7 @@ A section is a function ``(doc, data, figures folder, options) -> None`` that ap
 :class:`Doc`, or a one-line note when its inputs are absent. :data:`SECTIONS` lists them in page order;
 :func:`build` runs each in isolation: a section that fails on odd inputs is logged and noted, never fatal.
 This module holds the run-level sections (overview, efficiency, accuracy, training, perplexity, case study); the
-sampling ones are in :mod:`.sampling`.
+ones on the sampled steps are in :mod:`.steps`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ..utils import read_complete_jsonl
 from .data import RUN_NAMES, RunData, eval_accuracies, lightreasoner_costs, sft_costs
 from .document import Doc, fmt, fmt_ci, fmt_duration, fmt_int, fmt_p, fmt_ratio, fmt_signed, shorten
 from .plots import plot_accuracy, plot_perplexity, plot_training_loss
-from .sampling import section_kept_steps, section_sampling
+from .steps import section_kept_steps, section_sampling
 
 logger = logging.getLogger(__name__)
 

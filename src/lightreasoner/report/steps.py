@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..sample import format_step
+from ..sampling import format_step
 from .data import RunData
 from .document import Doc, fmt
 from .plots import plot_kept_rate, plot_kl_histogram, plot_set_sizes
