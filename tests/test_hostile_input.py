@@ -237,3 +237,55 @@ def test_eval_refuses_an_adapter_trained_on_another_model(tmp_path, model_dirs, 
     err = capsys.readouterr().err
     assert rc == 2 and "was trained on the model sha256:someone-else" in err
     assert not (tmp_path / "o" / "config.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ ordinary mistakes
+
+
+def _bad_utf8(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b'{"question": "caf\xe9"}\n')
+    return path
+
+
+MISTAKES = {
+    "missing data file": (["sample", "--data", "{t}/nope.jsonl", "--output", "{t}/s/samples.jsonl"], "nope.jsonl"),
+    "non-UTF-8 data": (["sample", "--data", "{bad}", "--output", "{t}/s/samples.jsonl", "--skip-bad-rows",
+                        "--max-problems", "1"], "no problems to sample"),
+    "non-UTF-8 data, strict": (["sample", "--data", "{bad}", "--output", "{t}/s/samples.jsonl"], "bad.jsonl:1"),
+    "missing samples": (["train", "--samples", "{t}/nope.jsonl", "--output", "{t}/tr"], "nope.jsonl"),
+    "non-UTF-8 samples": (["train", "--samples", "{bad}", "--output", "{t}/tr"], "bad.jsonl:1"),
+    "mistyped model path": (["eval", "--model", "{t}/merged", "--output", "{t}/ev"], "no such folder"),
+    "mistyped expert path": (["train", "--samples", "{bad}", "--expert", "runs/mergd", "--output", "{t}/tr"],
+                             "no such folder"),
+    "non-UTF-8 benchmark": (["eval", "--model", "Qwen/Qwen2.5-0.5B", "--output", "{t}/ev", "--data-dir",
+                             "{t}/bench", "--benchmarks", "gsm8k"], "test.jsonl:1"),
+    "missing grade input": (["grade", "--benchmark", "gsm8k", "--input", "{t}/nope.jsonl", "--output",
+                             "{t}/g.jsonl"], "nope.jsonl"),
+    "non-UTF-8 grade input": (["grade", "--benchmark", "gsm8k", "--input", "{bad}", "--output", "{t}/g.jsonl"],
+                              "bad.jsonl:1"),
+    "missing run folder for report": (["report", "{t}/norun"], "norun"),
+    "missing samples for inspect": (["inspect", "--samples", "{t}/nope.jsonl"], "nope.jsonl"),
+    "compare of missing runs": (["eval", "--compare", "{t}/a,{t}/b"], "is not a folder"),
+    "missing config file": (["run", "--config", "{t}/nope.yaml"], "nope.yaml"),
+    "non-UTF-8 config": (["run", "--config", "{bad_yaml}"], "bad.yaml"),
+    "config of the wrong shape": (["run", "--config", "{list_yaml}"], "list.yaml"),
+    "not a number": (["train", "--samples", "s", "--output", "o", "--lr", "fast"], "--lr expects a number"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISTAKES))
+def test_an_ordinary_mistake_is_one_clear_line(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    bad = _bad_utf8(tmp_path / "bad.jsonl")
+    _bad_utf8(tmp_path / "bench" / "gsm8k" / "test.jsonl")
+    (tmp_path / "bad.yaml").write_bytes(b"output: caf\xe9\n")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    args, needle = MISTAKES[name]
+    subst = {"t": str(tmp_path), "bad": str(bad), "bad_yaml": str(tmp_path / "bad.yaml"),
+             "list_yaml": str(tmp_path / "list.yaml")}
+    rc = cli.main([a.format(**subst) for a in args])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert needle in err and "Traceback" not in err and "internal error" not in err, err
