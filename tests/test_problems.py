@@ -75,12 +75,13 @@ def test_reads_gsm8k_train_from_shared_data():
 def test_unreachable_hub_fails_fast_with_the_fix(monkeypatch):
     import time
 
+    from lightreasoner import hub
     from lightreasoner import problems as P
     from lightreasoner.utils import InputError
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens there
-    assert not P.hub_reachable(timeout=1.0)
+    assert not hub.reachable(timeout=1.0)
     t0 = time.perf_counter()
     with pytest.raises(InputError, match="hub is unreachable.*local file.*HF_HUB_OFFLINE=1"):
         P.load_problems("openai/gsm8k", max_problems=1)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import data as shipped
+from . import hub
 from . import layout
 from .config import ConfigError
 from .grading_data import MMLU_STEM_DEMOS
@@ -175,13 +176,7 @@ def _load_hub(name: str) -> list[dict]:
     if name not in HUB_DATASETS:
         raise InputError(f"no hub copy of {name!r} with the toolkit's rows is known; {hint}")
     repo, config, split = HUB_DATASETS[name]
-    try:
-        from datasets import load_dataset
-
-        ds = load_dataset(repo, config, split=split)
-    except Exception as e:  # offline, moved, ...
-        raise InputError(f"{name}: could not load {repo} from the hub ({type(e).__name__}: {e}); {hint}") from None
-    return [dict(r) for r in ds]
+    return [dict(r) for r in hub.load_dataset(f"--benchmarks {name}:", repo, config, split, hint)]
 
 
 def example_id(example: Mapping[str, Any], position: int) -> str:

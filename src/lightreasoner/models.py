@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import torch
 
-from . import embedded
+from . import embedded, hub
 from .utils import InputError, looks_like_hub_id
 
 logger = logging.getLogger(__name__)
@@ -215,6 +215,8 @@ def load_model(spec: str, *, dtype: str = "auto", device: str | None = None, tru
     if src.gguf_file:
         kw["gguf_file"] = src.gguf_file
     logger.info("loading %s (%s) as %s on %s", spec, src.kind, str(torch_dtype).replace("torch.", ""), device)
+    if src.kind == "hub":
+        hub.require("model", spec, "pass a local folder, a .gguf file or an embedded name")
     with _hub_errors(src):
         model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch_dtype, **kw)
     if src.gguf_file:

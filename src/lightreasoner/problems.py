@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from . import data as shipped
+from . import hub
 from .config import flag
 from .utils import InputError, iter_jsonl, looks_like_hub_id
 
@@ -146,33 +146,9 @@ def load_problems(data: str | None, *, split: str = "train", question_field: str
     return problems
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub's host answers a TCP connection within ``timeout`` s (``HF_ENDPOINT`` respected)."""
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _rows_from_hub(dataset_id: str, split: str) -> Iterable[tuple[str, Any]]:
-    from datasets import load_dataset
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if not offline and not hub_reachable():
-        # Fail in seconds rather than after the hub client's retries; a cached copy needs HF_HUB_OFFLINE=1.
-        raise InputError(f"--data {dataset_id!r}: the Hugging Face hub is unreachable; pass a local file instead "
-                         f"(or set HF_HUB_OFFLINE=1 to use a copy in the datasets cache)")
     config = "main" if dataset_id.endswith("gsm8k") else None
-    try:
-        ds = load_dataset(dataset_id, config, split=split)
-    except Exception as e:  # offline, unknown id, ...
-        raise InputError(f"--data {dataset_id!r}: could not load from the hub ({type(e).__name__}: {e}); pass "
-                         f"a local file instead") from None
+    ds = hub.load_dataset("--data", dataset_id, config, split, "pass a local file, or gsm8k for the shipped set")
     for i, row in enumerate(ds):
         yield f"{dataset_id}[{split}][{i}]", row
 

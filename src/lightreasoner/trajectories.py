@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from . import layout
+from . import hub
 from .prompts import DEFAULT_SYSTEM_PROMPT, chat_text
 from .utils import InputError, iter_jsonl, read_json
 
@@ -138,13 +139,7 @@ def read_rows(source: str | Path, *, split: str = "train", skip_bad_rows: bool =
     if p.exists() or str(source).startswith((".", "/", "~")) or str(source).endswith((".jsonl", ".parquet")):
         raise InputError(f"--samples {str(source)!r}: no such file (expected a .jsonl or .parquet file, or a hub "
                          f"dataset id)")
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(str(source), split=split)
-    except Exception as e:  # network, missing dataset, bad split: one clear message
-        raise InputError(f"--samples {str(source)!r}: could not load it as a hub dataset (split {split!r}): "
-                         f"{e}") from None
+    ds = hub.load_dataset("--samples", str(source), None, split, "pass a local samples file")
     for i, row in enumerate(ds):
         yield f"{source}[{split}][{i}]", row
 
