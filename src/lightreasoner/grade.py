@@ -6,7 +6,6 @@ checks each one before any grading starts, writes them back in order with the ve
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from .benchmarks import ALL_BENCHMARKS
 from .config import option
 from .grading import grade_many
 from .grading.extract import _rules_for, check_gold_field
-from .utils import InputError, write_jsonl
+from .utils import InputError, iter_jsonl, write_jsonl, writes_output
 
 
 @dataclass(frozen=True)
@@ -45,33 +44,21 @@ def read_grade_input(path: str, rules: str) -> list[dict]:
     if not Path(path).is_file():
         raise InputError(f"--input: no such file {path!r}")
     rows = []
-    with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"{path}:{n}: not UTF-8 text (byte {e.start} of the line); re-save the file as "
-                                 f"UTF-8, or fix or remove the line") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); fix or remove "
-                                 f"the line") from None
-            if not (isinstance(row, dict) and isinstance(row.get("example"), dict)
-                    and isinstance(row.get("completion"), str)):
-                raise InputError(f"{path}:{n}: expected {{\"example\": {{...}}, \"completion\": \"...\"}}; fix or "
-                                 f"remove the line")
-            try:
-                check_gold_field(rules, row["example"])
-            except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
-                raise InputError(f"{path}:{n}: the example has no usable gold for this benchmark "
-                                 f"({type(e).__name__}: {e}); is --benchmark right?") from None
-            rows.append(row)
+    for n, row in iter_jsonl(path, skippable=False):
+        if not (isinstance(row, dict) and isinstance(row.get("example"), dict)
+                and isinstance(row.get("completion"), str)):
+            raise InputError(f"{path}:{n}: expected {{\"example\": {{...}}, \"completion\": \"...\"}}; fix or "
+                             f"remove the line")
+        try:
+            check_gold_field(rules, row["example"])
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+            raise InputError(f"{path}:{n}: the example has no usable gold for this benchmark "
+                             f"({type(e).__name__}: {e}); is --benchmark right?") from None
+        rows.append(row)
     return rows
 
 
+@writes_output("grade", kind="file")
 def grade_main(cfg: GradeConfig) -> int:
     """``lightreasoner grade``: grade a JSONL file of (example, completion) pairs; prints the accuracy."""
     rows = read_grade_input(cfg.input, _rules_for(cfg.benchmark))

@@ -98,10 +98,11 @@ def _decode(raw: bytes, path: str | Path, n: int) -> str:
                          f"or fix or remove the line") from None
 
 
-def iter_jsonl(path: str | Path, *, skip_bad: bool = False, stats: dict | None = None) -> Iterator[tuple[int, Any]]:
+def iter_jsonl(path: str | Path, *, skip_bad: bool = False, stats: dict | None = None,
+               skippable: bool = True) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, object)`` for each non-blank line; a malformed line (bad JSON or not UTF-8) raises
-    :class:`InputError` naming the file and line, or (``skip_bad``) is skipped and counted in
-    ``stats['bad_rows']``."""
+    :class:`InputError` naming the file and line (and, when the command can, ``skippable``, the flag that skips
+    it), or (``skip_bad``) is skipped and counted in ``stats['bad_rows']``."""
     with (gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")) as fh:
         for n, raw in enumerate(fh, 1):
             try:
@@ -111,8 +112,9 @@ def iter_jsonl(path: str | Path, *, skip_bad: bool = False, stats: dict | None =
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
+                    skip = f", or pass {_flag('skip_bad_rows')}" if skippable else ""
                     raise InputError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); fix or remove the "
-                                     f"line, or pass {_flag('skip_bad_rows')}") from None
+                                     f"line{skip}") from None
             except InputError as e:
                 if not skip_bad:
                     raise
