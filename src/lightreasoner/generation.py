@@ -81,9 +81,14 @@ def pick_tokens(logits: torch.Tensor, temperature: float,
     return picked.to(logits.device)
 
 
-def pad_id_of(tokenizer: Any, eos: Sequence[int]) -> int:
-    """The id prompts are padded with: the tokenizer's pad token, else the first EOS id (padding is masked)."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+def pad_id_of(tokenizer: Any, eos: Sequence[int] = ()) -> int:
+    """The id sequences are padded with: the tokenizer's pad token, else the first EOS id (``eos``, else the
+    tokenizer's), else 0. Padding is always masked, so the choice never changes a result."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if eos:
+        return eos[0]
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
 
 def stream(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_ids: Sequence[int],

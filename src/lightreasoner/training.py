@@ -319,7 +319,7 @@ def train(model: nn.Module, tokenizer: Any, trajectories: Sequence[Trajectory], 
     plan = plan_updates([t.n_steps for t in trajectories], params.steps_per_update, max_steps=params.max_steps,
                         epochs=params.epochs, seed=params.seed)
     total = len(plan)
-    pad_id = pad_id_of(tokenizer, [tokenizer.eos_token_id or 0])  # right padding: never read (causal mask)
+    pad_id = pad_id_of(tokenizer)  # right padding: never read (causal mask)
     if world > params.steps_per_update and main_proc:
         logger.warning("%d processes share %d kept steps per update: some run empty micro-batches", world,
                        params.steps_per_update)

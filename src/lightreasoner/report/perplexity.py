@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..decoder import left_pad
+from ..generation import pad_id_of
 from ..prompts import build_prompt_ids
 from ..utils import InputError
 
@@ -71,7 +72,7 @@ def gold_perplexity(model: Any, tokenizer: Any, problems: Sequence[Any], system_
     items = _gold_items(tokenizer, problems, system_prompt, target)
     order = sorted(range(len(items)), key=lambda i: -(len(items[i][0]) + len(items[i][1])))
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id_of(tokenizer)
     was_training = model.training
     model.eval()
     total_nll, total_tokens = 0.0, 0
