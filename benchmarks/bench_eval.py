@@ -1,6 +1,6 @@
 """Evaluation's decoding three ways, side by side on the same model and problems.
 
-Times the evaluation's generation (:func:`lightreasoner.evaluate.generate_texts`: greedy, stop strings) on the
+Times the evaluation's generation (:func:`lightreasoner.generation.generate_texts`: greedy, stop strings) on the
 same prompts as
 - ``continuous``: continuous batching with ``--batch-size`` slots (what ``eval`` does: a finished row's slot is
   refilled from the waiting prompts);
@@ -30,7 +30,9 @@ from pathlib import Path
 
 import torch
 
-from lightreasoner import evaluate as E
+from lightreasoner import benchmarks as B
+from lightreasoner import generation
+from lightreasoner import prompts as P
 from lightreasoner import grading
 from lightreasoner.models import default_device, load_model, resolve_dtype
 from lightreasoner.testing import byte_tokenizer, gsm8k_style_rows, tiny_causal_lm
@@ -45,13 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--shape", choices=("tiny", "0.5b", "1.5b"), default="tiny", help="random Qwen2 shape")
     p.add_argument("--vocab-size", type=int, default=None, help="rows of a random model (default: 320 for tiny, "
                                                                  "151936 otherwise)")
-    p.add_argument("--benchmark", default="gsm8k", choices=E.ALL_BENCHMARKS)
+    p.add_argument("--benchmark", default="gsm8k", choices=B.ALL_BENCHMARKS)
     p.add_argument("--data-dir", default=str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else None)
     p.add_argument("--limit", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-batch-tokens", type=int, default=65536)
-    p.add_argument("--prompt", default="qwen25-math", choices=E.PROMPT_TYPES)
+    p.add_argument("--prompt", default="qwen25-math", choices=P.PROMPT_TYPES)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default=None)
     p.add_argument("--no-single", action="store_true", help="skip the one-at-a-time arm")
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         model = tiny_causal_lm(vocab_size=vocab, size=args.shape, dtype=dtype).to(device)
         tok, name = byte_tokenizer(), f"random-{args.shape}"
     if args.data_dir:
-        examples = E.load_benchmark(args.benchmark, args.data_dir, args.limit)
+        examples = B.load_benchmark(args.benchmark, args.data_dir, args.limit)
         bench = args.benchmark
     else:
         examples, bench = [dict(r, idx=i) for i, r in enumerate(gsm8k_style_rows())][:args.limit], "gsm8k"
@@ -79,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{name} on {device} ({dtype_name}), {bench}: {len(examples)} problems, "
           f"max {args.max_new_tokens} new tokens, batch {args.batch_size}", flush=True)
 
-    texts = [E.build_prompt(bench, ex, tok, args.prompt) for ex in examples]
+    texts = [B.build_prompt(bench, ex, tok, args.prompt) for ex in examples]
     examples = [ex for ex, t in zip(examples, texts) if t]  # the toolkit skips empty questions
-    prompts = E.encode_prompts(tok, [t for t in texts if t], args.prompt)
+    prompts = P.encode_prompts(tok, [t for t in texts if t], args.prompt)
     gen_kw = dict(max_new_tokens=args.max_new_tokens, max_batch_tokens=args.max_batch_tokens)
-    E.generate_texts(model, tok, prompts[:2], max_new_tokens=4, batch_size=2)  # warm-up (kernels, allocator)
+    generation.generate_texts(model, tok, prompts[:2], max_new_tokens=4, batch_size=2)  # warm-up (kernels, allocator)
     arms = [("continuous", args.batch_size, None), ("fixed", args.batch_size, args.batch_size)]
     if not args.no_single:
         arms.append(("one at a time", 1, None))
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        outputs[label] = E.generate_texts(model, tok, prompts, batch_size=bs, refill=refill, **gen_kw)
+        outputs[label] = generation.generate_texts(model, tok, prompts, batch_size=bs, refill=refill, **gen_kw)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         timings[label] = time.perf_counter() - t0

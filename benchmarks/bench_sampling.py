@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from lightreasoner.contrast import reduce_step  # noqa: E402
 from lightreasoner.generation import generate, left_pad  # noqa: E402
 from lightreasoner.models import default_device, load_model, resolve_dtype  # noqa: E402
-from lightreasoner.sample import ScoringParams, build_prompt_ids, sample_batch  # noqa: E402
+from lightreasoner.prompts import build_prompt_ids  # noqa: E402
+from lightreasoner.sampling import ScoringParams, sample_batch  # noqa: E402
 from lightreasoner.testing import tiny_causal_lm  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

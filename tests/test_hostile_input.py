@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lightreasoner import cli
-from lightreasoner import evaluate as E
+from lightreasoner.benchmarks import load_benchmark
 from lightreasoner.config import ConfigError, resolve
 from lightreasoner.models import ModelSpecError, check_device, resolve_source
 from lightreasoner.problems import load_problems
@@ -201,13 +201,13 @@ GOOD = {"question": "What is 1 + 1?", "answer": "1 + 1 = 2\n#### 2"}
 def test_bad_benchmark_rows_are_refused_up_front_with_file_and_line(tmp_path, rows, message):
     root = write_bench(tmp_path / "data", rows)
     with pytest.raises(InputError, match=message):
-        E.load_benchmark("gsm8k", root)
+        load_benchmark("gsm8k", root)
 
 
 def test_skip_bad_rows_skips_and_counts_them(tmp_path):
     root = write_bench(tmp_path / "data", [GOOD, {"question": "No gold"}, {"answer": "#### 3"}, GOOD])
     stats: dict = {}
-    rows = E.load_benchmark("gsm8k", root, skip_bad_rows=True, stats=stats)
+    rows = load_benchmark("gsm8k", root, skip_bad_rows=True, stats=stats)
     # a row with a gold but no question stays: the toolkit skips it later as an empty question
     assert [r.get("question") for r in rows] == [GOOD["question"], None, GOOD["question"]] and stats["bad_rows"] == 1
 

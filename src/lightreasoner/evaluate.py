@@ -30,15 +30,12 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from . import layout
-from .benchmarks import (ALL_BENCHMARKS, FEW_SHOT, PAPER_BENCHMARKS, SHOT_BENCHMARKS, build_prompt, data_inputs,
-                         load_benchmark)
+from .benchmarks import ALL_BENCHMARKS, FEW_SHOT, PAPER_BENCHMARKS, SHOT_BENCHMARKS, data_inputs, load_benchmark
 from .config import ConfigError, flag, option, save_config, to_dict
-from .evaluation import (EvalParams, evaluate_model, extra_path, overall_summary, summarize_records,
-                         summary_markdown)
-from .generation import generate_texts, iter_generate
+from .evaluation import EvalParams, evaluate_model, extra_path, overall_summary, summary_markdown
 from .models import DTYPES
-from .prompts import PROMPT_TYPES, STOP_STRINGS, encode_prompts, eos_ids
-from .stats import compare_runs, load_run, mcnemar_exact, paired_change_ci
+from .prompts import PROMPT_TYPES, STOP_STRINGS, eos_ids
+from .stats import compare_runs
 from .utils import InputError, atomic_write, environment_info, read_json, write_json, writes_output
 
 logger = logging.getLogger(__name__)
@@ -319,9 +316,4 @@ def compare_main(cfg: EvalConfig) -> int:
     return 0
 
 
-# The names scripts and other modules import from here; their homes are the library modules above.
-__all__ = ["EvalConfig", "main", "identity", "compare_main", "compare_markdown", "evaluate_model", "EvalParams",
-           "summarize_records", "overall_summary", "summary_markdown", "extra_path", "load_benchmark",
-           "build_prompt", "encode_prompts", "data_inputs", "iter_generate", "generate_texts", "compare_runs",
-           "load_run", "mcnemar_exact", "paired_change_ci", "ALL_BENCHMARKS", "PAPER_BENCHMARKS", "PROMPT_TYPES",
-           "STOP_STRINGS"]
+__all__ = ["EvalConfig", "main", "identity", "compare_main", "compare_markdown"]

@@ -332,7 +332,5 @@ def inspect_main(cfg: InspectConfig) -> int:
     return 0
 
 
-# Importable from here too (their home is the library: lightreasoner.prompts and lightreasoner.sampling).
 __all__ = ["SampleConfig", "main", "identity", "sample_problems", "summarize", "InspectConfig", "inspect_main",
-           "ScoringParams", "sample_batch", "to_record", "reference_records", "format_step", "build_prompt_ids",
-           "DEFAULT_SYSTEM_PROMPT", "manifest_path", "shard_path"]
+           "manifest_path", "shard_path"]
