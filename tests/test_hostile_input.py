@@ -289,3 +289,16 @@ def test_an_ordinary_mistake_is_one_clear_line(name, tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert rc == 2, err
     assert needle in err and "Traceback" not in err and "internal error" not in err, err
+
+
+def test_train_refuses_samples_whose_sampling_has_not_finished(tmp_path, model_dirs, capsys):
+    edir, adir = model_dirs
+    samples = tmp_path / "s" / "samples.jsonl"
+    assert cli.main(["sample", "--expert", edir, "--amateur", adir, "--data", "generated", "--max-problems", "2",
+                     "--max-new-tokens", "4", "--output", str(samples), "--device", "cpu", "--no-progress"]) == 0
+    (samples.parent / "meta.json").rename(samples.parent / ".started.json")  # as a killed sampling run leaves it
+    capsys.readouterr()
+    rc = cli.main(["train", "--samples", str(samples), "--expert", edir, "--output", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "did not finish" in err and ".started.json" in err
+    assert not (tmp_path / "t" / "meta.json").exists()

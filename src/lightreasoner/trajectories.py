@@ -71,10 +71,14 @@ def manifest_path(samples: str | Path) -> Path:
 
 
 def read_manifest(samples: str | Path) -> dict | None:
-    """The manifest beside a local samples file (``None`` when either is missing)."""
+    """The manifest beside a local samples file (``None`` when either is missing). A stage folder whose sampling
+    started but has not finished (``.started.json`` and no ``meta.json``) reads as ``{"complete": False}``."""
     path = manifest_path(samples)
-    if not Path(samples).exists() or not path.is_file():
+    if not Path(samples).exists():
         return None
+    if not path.is_file():
+        started = Path(samples).parent / layout.STARTED
+        return {"complete": False} if started.is_file() else None
     try:
         manifest = read_json(path)
     except (OSError, ValueError) as e:
@@ -93,7 +97,10 @@ def check_complete(samples: str | Path, manifest: dict | None, records: int | No
         problem = f"counts {expected} records, the file holds {records}"
     else:
         return
-    msg = f"{samples}: its manifest {manifest_path(samples).name} {problem} (interrupted, or changed by another run)"
+    where = manifest_path(samples)
+    if not where.is_file():
+        where = Path(samples).parent / layout.STARTED
+    msg = f"{samples}: its manifest {where.name} {problem} (interrupted, or changed by another run)"
     if not force:
         raise InputError(msg + ". Rerun `lightreasoner sample` with the same command to finish it, or pass --force "
                                "to train on it anyway")
