@@ -288,6 +288,12 @@ class RunLayout:
     def report(self) -> Path:
         return self.root / "report"
 
+    def stage_folders(self) -> dict[str, Path]:
+        """Each stage of ``lightreasoner run`` (named as the pipeline names them) -> its folder, in run order."""
+        return {"sample": self.sample, "train": self.train, "merge": self.merge, "eval_base": self.eval("base"),
+                "eval_tuned": self.eval("tuned"), "sft": self.sft, "eval_sft": self.eval("sft"),
+                "perplexity": self.perplexity, "report": self.report}
+
 
 SAMPLES_FILE = "samples.jsonl"
 

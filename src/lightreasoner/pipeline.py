@@ -127,30 +127,31 @@ def plan(cfg: RunConfig) -> list[Stage]:
     """Every stage of the run in order, with configs filled in and identities computed (no model is loaded:
     upstream outputs are named by the fingerprints their stages will have)."""
     L = layout.RunLayout(cfg.output)
+    F = L.stage_folders()  # each stage's folder, named once (layout)
     filled = sections(cfg)
     scfg, tcfg, mcfg = filled["sample"], filled["train"], filled["merge"]
-    s_sample = Stage("sample", "sample", L.sample, scfg, sample.main, sample.identity(scfg))
-    s_train = Stage("train", "train", L.train, tcfg, train.main, train.identity(tcfg, samples=s_sample.fingerprint))
-    s_merge = Stage("merge", "merge", L.merge, mcfg, merge.merge_main,
+    s_sample = Stage("sample", "sample", F["sample"], scfg, sample.main, sample.identity(scfg))
+    s_train = Stage("train", "train", F["train"], tcfg, train.main, train.identity(tcfg, samples=s_sample.fingerprint))
+    s_merge = Stage("merge", "merge", F["merge"], mcfg, merge.merge_main,
                     merge.merge_identity(mcfg, adapter=s_train.fingerprint))
     stages = [s_sample, s_train, s_merge]
 
     def eval_stage(name: str, spec: str, adapter_dir: str | None = None, **inputs: str) -> Stage:
         ecfg = dataclasses.replace(filled["eval"], model=spec, adapter=adapter_dir, output=str(L.eval(name)))
-        return Stage(f"eval_{name}", "eval", L.eval(name), ecfg, evaluate.main, evaluate.identity(ecfg, **inputs))
+        return Stage(f"eval_{name}", "eval", F[f"eval_{name}"], ecfg, evaluate.main, evaluate.identity(ecfg, **inputs))
 
     stages += [eval_stage("base", cfg.expert), eval_stage("tuned", str(L.merge), model=s_merge.fingerprint)]
     if cfg.with_sft:
-        s_sft = Stage("sft", "sft", L.sft, filled["sft"], sft.main, sft.identity(filled["sft"]))
+        s_sft = Stage("sft", "sft", F["sft"], filled["sft"], sft.main, sft.identity(filled["sft"]))
         stages += [s_sft, eval_stage("sft", cfg.expert, str(L.sft_adapter), adapter=s_sft.fingerprint)]
     if cfg.perplexity_problems > 0:
         ident = layout.identity("perplexity", {"problems": cfg.perplexity_problems, "dtype": cfg.dtype},
                                 {"train": s_train.fingerprint, "expert": layout.model_input(cfg.expert),
                                  "data": data_inputs(("gsm8k",), cfg.eval.data_dir)})
-        stages.append(Stage("perplexity", "", L.perplexity, cfg, perplexity_stage, ident))
+        stages.append(Stage("perplexity", "", F["perplexity"], cfg, perplexity_stage, ident))
     rcfg = filled["report"]
     ident = layout.stage_identity("report", rcfg, {s.name: s.fingerprint for s in stages})
-    stages.append(Stage("report", "report", L.report, rcfg, report_stage, ident))
+    stages.append(Stage("report", "report", F["report"], rcfg, report_stage, ident))
     return stages
 
 

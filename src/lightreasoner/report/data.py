@@ -26,9 +26,8 @@ CORE_STAGES = ("sample", "train", "merge", "eval_base", "eval_tuned")  # stages 
 
 
 def stage_folders(L: RunLayout) -> dict[str, Path]:
-    """Each stage of ``lightreasoner run`` (named as the pipeline names them) -> its folder, in run order."""
-    return {"sample": L.sample, "train": L.train, "merge": L.merge, "eval_base": L.eval("base"),
-            "eval_tuned": L.eval("tuned"), "sft": L.sft, "eval_sft": L.eval("sft"), "perplexity": L.perplexity}
+    """The folders of the stages the report times (every stage but the report itself)."""
+    return {k: v for k, v in L.stage_folders().items() if k != "report"}
 
 
 def run_files(L: RunLayout) -> dict[str, Path]:
