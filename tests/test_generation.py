@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from lightreasoner.generation import CachedDecoder, generate, left_pad, stream
+from lightreasoner.generation import CachedDecoder, generate, stream
 
 EOS = 256
 
@@ -22,19 +22,18 @@ def _alone(model, prompt, **kw):
 
 
 @torch.inference_mode()
-def test_admit_splices_rows_into_a_live_cache(expert):
-    """Rows admitted mid-decode (shorter and longer than the live width) see exactly their own context."""
+def test_admit_adds_rows_to_a_live_batch(expert):
+    """Rows admitted mid-decode (shorter and longer than the live rows) and rows dropped in between: every row
+    sees exactly its own context."""
     short, long_ = _prompts(2, seed=1)[0][:5], _prompts(1, seed=2)[0] + list(range(40, 70))
     dec = CachedDecoder(expert)
-    ids, mask = left_pad([short, short[:3]], 257, "cpu")
-    dec.prefill(ids, mask)
-    dec.step(torch.tensor([40, 41]))
-    ids, mask = left_pad([long_, [33, 34]], 257, "cpu")  # wider than the live cache, and narrower
-    admitted = dec.admit(ids, mask)
-    assert dec.mask.shape[0] == 4 and dec.mask.shape[1] == max(len(long_), len(short) + 1)
-    nxt = dec.step(torch.tensor([50, 51, 52, 53]))
+    dec.prefill([short, short[:3], [60, 61, 62]])
+    dec.step(torch.tensor([40, 41, 42]))
+    dec.keep([1, 0])  # the third row finished; the kept rows change order
+    admitted = dec.admit([long_, [33, 34]])
+    nxt = dec.step(torch.tensor([51, 50, 52, 53]))
     dec.close()
-    contexts = [short + [40, 50], short[:3] + [41, 51], long_ + [52], [33, 34, 53]]
+    contexts = [short[:3] + [41, 51], short + [40, 50], long_ + [52], [33, 34, 53]]
     for row, ctx in enumerate(contexts):
         ref = expert(input_ids=torch.tensor([ctx])).logits[0, -1]
         torch.testing.assert_close(nxt[row], ref, atol=1e-4, rtol=1e-4)
@@ -43,25 +42,19 @@ def test_admit_splices_rows_into_a_live_cache(expert):
         torch.testing.assert_close(admitted[row], ref, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("frozen", [False, True])
-def test_the_output_layer_reads_a_contiguous_input(expert, frozen):
-    """A prefill keeps the last position only, a strided view; the decoder hands the output layer a contiguous
-    copy (a frozen model on CPU otherwise takes a batched matmul over copies of the [V, H] weight)."""
-    model = copy.deepcopy(expert).requires_grad_(not frozen)
-    seen = []
-    dec = CachedDecoder(model, capture_hidden=True)
-    hook = model.get_output_embeddings().register_forward_pre_hook(lambda m, a: seen.append(a[0]))
-    ids, mask = left_pad(_prompts(3, seed=4), 257, "cpu")
-    logits = dec.prefill(ids, mask)
-    dec.step(logits.argmax(-1))
-    hook.remove()
-    dec.close()
-    assert [tuple(h.shape[:2]) for h in seen] == [(3, 1), (3, 1)]
-    assert all(h.is_contiguous() for h in seen)
-    torch.testing.assert_close(dec.last_hidden, seen[-1][:, -1])
+def test_captured_hidden_states_are_the_ones_the_logits_come_from(expert):
+    dec = CachedDecoder(expert, capture_hidden=True)
+    logits = dec.prefill(_prompts(3, seed=4))
+    assert dec.last_hidden is not None and dec.last_hidden.shape[0] == 3
     with torch.inference_mode():
-        ref = expert(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
-    torch.testing.assert_close(logits, ref[:, -1], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(expert.get_output_embeddings()(dec.last_hidden), logits)
+        logits = dec.step(logits.argmax(-1))
+        torch.testing.assert_close(expert.get_output_embeddings()(dec.last_hidden), logits)
+    dec.keep([2])
+    with torch.inference_mode():
+        one = dec.step(logits[2:].argmax(-1))
+    assert one.shape[0] == 1 and dec.last_hidden.shape[0] == 1
+    dec.close()
 
 
 @pytest.mark.parametrize("batch_size,refill", [(1, None), (3, 1), (4, 2), (16, None)])

@@ -1,20 +1,51 @@
-"""Incremental forward passes with a KV cache over a batch whose rows come and go (the decoding loop's engine).
+"""Batch-invariant incremental forward passes: a row's numbers never depend on the rows decoded beside it.
 
-:class:`CachedDecoder` prefills left-padded prompts (:func:`left_pad`), steps one token per live row, drops finished
-rows from its cache (:meth:`CachedDecoder.keep`) and splices newly prefilled rows in (:meth:`CachedDecoder.admit`),
-always with explicit position ids. The decoding loop that drives it is :func:`lightreasoner.generation.stream`.
+Greedy decoding flips at near-ties, so a completion is only reproducible if every logit of a row is the same bits
+whatever its batch mates, the slot count, their order, the process count or where a killed run resumed. Padded
+batches break that in two places, measured on this project's CPUs (``benchmarks/RESULTS.md``, issue 14):
+
+- *Attention over padding.* ``scaled_dot_product_attention`` over a left-padded batch rounds differently with the
+  amount of padding (the row's keys sit at other offsets of the kernel's blocks).
+- *Row count of a matrix product.* A bf16 ``linear`` gives a row the same bits for any row count >= 2, but one
+  row takes another kernel; a float32 ``linear`` (MKL) changes kernel with the row count from 4 rows on.
+
+So :class:`CachedDecoder` never pads. Every forward is one packed sequence ``[1, N]`` of token rows: the prompts
+being admitted (each whole, positions from 0) and one token per live row (decoding). Element-wise ops and
+normalisations act per token (checked: RMSNorm and SiLU give the same bits for any row count), and
+
+- :class:`RowInvariant` (a ``TorchFunctionMode``) runs every ``linear`` with a row count that cannot change a
+  row's bits: bf16 on CPU natively with at least 2 rows (one row is duplicated), anything else in fixed tiles of
+  ``tile_rows(device)`` rows (the last tile zero-padded), so every product has the same shape;
+- attention is ours (registered as ``"lightreasoner"`` and switched on only inside the decoder's forwards): a
+  prompt attends causally to its own keys alone (one ``scaled_dot_product_attention`` per prompt), and the decoding
+  rows attend to their own cache rows over ``CHUNK``-column blocks, the value sums accumulated block by block in
+  float32, so columns past a row's length (exact zeros after the softmax) add nothing and the width of the batch
+  never enters a row's arithmetic.
+
+The KV cache (:class:`SlotCache`) keeps row ``j`` at slot ``j`` from column 0: finishing rows frees slots (the last
+live row moves into the hole, one row copied), admitting fills slots, nothing is ever concatenated or re-padded.
+What is not invariant: across machines whose kernels differ (another CPU instruction set, a GPU), the bits differ;
+on CUDA the tiles make each product's shape fixed, which cuBLAS needs for invariance, but it is not measured here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
+
+ATTENTION = "lightreasoner"
+CHUNK = 64  # key columns per block of the decoding attention
+_GROW = 256  # cache columns are allocated in multiples of this
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, L]`` input ids and attention mask, left padded to the longest prompt."""
+    """``[B, L]`` input ids and attention mask, left padded to the longest prompt (teacher-forced scoring)."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -26,48 +57,230 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: Any) -> tupl
 
 
 def cache_kwarg(model: Any) -> str:
-    """The forward argument that takes the KV cache: ``cache`` (transformers >= 5.24) or ``past_key_values``.
-
-    Passing the wrong one is silently ignored by older releases (every step would then see one token), so ask
-    the model's own signature (through a PEFT wrapper to the model it wraps).
-    """
+    """The forward argument that takes the KV cache: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
-def _pad_time(x: torch.Tensor, width: int) -> torch.Tensor:
-    """Left pad the time axis (``-2`` for ``[B, H, T, D]`` caches, ``-1`` for ``[B, T]`` masks) with zeros."""
-    axis = -2 if x.dim() == 4 else -1
-    missing = width - x.shape[axis]
-    if missing <= 0:
-        return x
-    shape = list(x.shape)
-    shape[axis] = missing
-    return torch.cat([x.new_zeros(shape), x], dim=axis)
+# ---------------------------------------------------------------------------------------------------------------
+# Row-invariant products
+
+
+def tile_rows(device: torch.device, dtype: torch.dtype) -> int:
+    """Rows per product for ``linear``: 0 = native (bf16 on CPU: any count >= 2 gives the same bits), else a tile."""
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        return 0
+    return 16 if device.type == "cpu" else 64
+
+
+def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` whose result for a row does not depend on how many rows come with it (see module doc)."""
+    rows = x.reshape(-1, x.shape[-1])
+    m = rows.shape[0]
+    tile = tile_rows(x.device, x.dtype)
+    if tile == 0:
+        if m >= 2:
+            return F.linear(x, weight, bias)
+        out = F.linear(rows.expand(2, -1), weight, bias)[:1]
+    else:
+        pad = (-m) % tile
+        if pad:
+            rows = torch.cat([rows, rows.new_zeros((pad, rows.shape[1]))])
+        out = torch.cat([F.linear(rows[i:i + tile], weight, bias) for i in range(0, m + pad, tile)])[:m]
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class RowInvariant(torch.overrides.TorchFunctionMode):
+    """Inside ``with RowInvariant():`` every ``F.linear`` (models, PEFT adapters, output layers) is
+    :func:`invariant_linear`."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:  # (the mode is off inside its own handler: no recursion)
+            return invariant_linear(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _attention_of(model: Any, name: str) -> Iterator[None]:
+    """Run ``model`` with attention implementation ``name`` (restored afterwards)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = inner.config
+    before = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The packed forward's plan, the cache, and the attention that reads them
+
+
+@dataclass
+class Plan:
+    """What one packed forward holds, in token order: ``decode`` tokens first (one per live row, row ``j`` of the
+    batch at ``slots[j]``, attending to ``lengths[j]`` cached keys including its own), then whole prompts
+    (``prompts[k] = (offset, length)``), then ``ignored`` tokens (a duplicate making the forward >= 2 rows)."""
+
+    decode: int
+    slots: torch.Tensor | None  # [decode] long: each decoding token's slot
+    lengths: torch.Tensor | None  # [decode] long
+    prompts: list[tuple[int, int]]
+    cache: "SlotCache | None"
+
+
+class SlotCache:
+    """Keys and values per layer, ``[slots, kv_heads, width, head_dim]``, row ``j`` of the batch at slot ``j``.
+
+    Duck-types the one method a transformers attention layer calls (``update``): it stores the forward's fresh
+    keys/values at each token's ``(slot, position)`` (``self.write``, set per forward) and returns them unchanged;
+    :func:`attention` reads the buffers through the :class:`Plan`.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.write: tuple[torch.Tensor, torch.Tensor, int] | None = None  # (slots [n], positions [n], n)
+
+    @torch.inference_mode()
+    def ensure(self, slots: int, width: int) -> None:
+        """Room for ``slots`` rows of ``width`` columns (buffers grow, contents kept)."""
+        if not self.keys or (self.keys[0].shape[0] >= slots and self.keys[0].shape[2] >= width):
+            self._want = (slots, width)
+            return
+        s, w = max(slots, self.keys[0].shape[0]), -(-max(width, self.keys[0].shape[2]) // _GROW) * _GROW
+        for store in (self.keys, self.values):
+            for i, old in enumerate(store):
+                new = old.new_zeros((s, old.shape[1], w, old.shape[3]))
+                new[:old.shape[0], :, :old.shape[2]] = old
+                store[i] = new
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.write is not None
+        slots, pos, n = self.write
+        if layer_idx == len(self.keys):  # first forward: allocate
+            s, w = getattr(self, "_want", (int(slots.max()) + 1, int(pos.max()) + 1))
+            w = -(-w // _GROW) * _GROW
+            shape = (s, key_states.shape[1], w, key_states.shape[3])
+            self.keys.append(key_states.new_zeros(shape))
+            self.values.append(value_states.new_zeros(shape))
+        self.keys[layer_idx][slots, :, pos] = key_states[0, :, :n].transpose(0, 1)
+        self.values[layer_idx][slots, :, pos] = value_states[0, :, :n].transpose(0, 1)
+        return key_states, value_states
+
+    @torch.inference_mode()
+    def move(self, src: int, dst: int) -> None:
+        """Copy slot ``src``'s rows to slot ``dst`` in every layer."""
+        for store in (self.keys, self.values):
+            for buf in store:
+                buf[dst] = buf[src]
+
+
+_PLAN: contextvars.ContextVar[Plan | None] = contextvars.ContextVar("lightreasoner_plan", default=None)
+
+
+@contextlib.contextmanager
+def _packed(model: Any, plan: Plan) -> Iterator[None]:
+    """Run ``model``'s forwards with our attention reading ``plan``, and row-invariant products."""
+    token = _PLAN.set(plan)
+    try:
+        with torch.inference_mode(), _attention_of(model, ATTENTION), RowInvariant():
+            yield
+    finally:
+        _PLAN.reset(token)
+
+
+def attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any,
+              scaling: float | None = None, dropout: float = 0.0, sliding_window: int | None = None,
+              **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """The attention of a packed forward (``query [1, Hq, N, D]``, fresh ``key``/``value [1, Hkv, N, D]``);
+    returns ``[1, N, Hq, D]`` as transformers' attention functions do. The layout comes from the current
+    :class:`Plan` (the model's own mask is not used: transformers builds none for an unknown implementation)."""
+    plan = _PLAN.get()
+    if plan is None:
+        raise RuntimeError(f"attention {ATTENTION!r} runs only inside lightreasoner's decoder")
+    _, hq, n, d = query.shape
+    out = query.new_zeros((n, hq, d))
+    if plan.decode:
+        assert plan.cache is not None and plan.slots is not None and plan.lengths is not None
+        layer = module.layer_idx
+        q = query[0, :, :plan.decode].transpose(0, 1)
+        out[:plan.decode] = _decode_attention(q, plan.cache.keys[layer], plan.cache.values[layer], plan.slots,
+                                              plan.lengths, scaling, sliding_window)
+    for offset, length in plan.prompts:
+        span = slice(offset, offset + length)
+        q, k, v = query[:, :, span], key[:, :, span], value[:, :, span]
+        mask = None
+        if sliding_window is not None and length > sliding_window:
+            i = torch.arange(length, device=q.device)
+            mask = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - sliding_window)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scaling,
+                                           enable_gqa=hq != k.shape[1])
+        out[span] = o[0].transpose(0, 1)
+    return out.unsqueeze(0), None
+
+
+def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
+                      lengths: torch.Tensor, scaling: float | None, window: int | None) -> torch.Tensor:
+    """One query per row over its slot's first ``lengths[j]`` keys: ``q [B, Hq, D]`` -> ``[B, Hq, D]``.
+
+    Rows sit at slots ``0..S-1`` (``slots`` a permutation of them); the products run over ``CHUNK``-column blocks
+    so their shapes, hence their bits, do not depend on the batch's widest row.
+    """
+    b, hq, d = q.shape
+    s, hkv = keys.shape[0], keys.shape[1]
+    width = -(-int(lengths.max()) // CHUNK) * CHUNK
+    order = torch.empty_like(slots)
+    order[slots] = torch.arange(b, device=slots.device)  # slot -> row
+    live = min(s, int(slots.max()) + 1)
+    assert live == b, "decoding rows must fill slots 0..B-1"
+    qg = q[order].reshape(b, hkv, hq // hkv, d)
+    k, v = keys[:b, :, :width], values[:b, :, :width]
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * (scaling if scaling is not None else d ** -0.5)
+    cols = torch.arange(width, device=q.device)
+    n = lengths[order]
+    masked = cols[None, :] >= n[:, None]
+    if window is not None:
+        masked |= cols[None, :] < (n - window)[:, None]
+    scores.masked_fill_(masked[:, None, None, :], float("-inf"))
+    p = torch.softmax(scores, dim=-1).to(v.dtype)
+    acc = torch.zeros((b, hkv, hq // hkv, d), dtype=torch.float32, device=q.device)
+    for c in range(0, width, CHUNK):
+        acc += torch.matmul(p[..., c:c + CHUNK], v[:, :, c:c + CHUNK]).float()
+    return acc.to(q.dtype).reshape(b, hq, d)[slots]
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION, attention)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The decoder
 
 
 class CachedDecoder:
-    """One model's incremental forward passes over a batch whose rows can be dropped as they finish.
+    """One model's incremental forward passes over a batch whose rows come and go; see the module doc.
 
-    ``prefill`` returns the raw next-token logits ``[B, V]`` (before any logits processor) for the prompts;
-    each ``step(tokens)`` feeds one token per live row and returns the next logits. ``keep(rows)`` retains
-    only the given live rows (indices into the current batch) in the cache, mask and positions.
-    ``capture_hidden=True`` also records the final hidden state that the output layer reads (``last_hidden``).
-
-    The output layer always gets a contiguous input. A prefill keeps one position (``hidden[:, -1:, :]``, a
-    strided view), and on CPU ``torch.matmul`` only folds such a 3-d input into one matrix product when the
-    weight requires grad; for a frozen model (``requires_grad_(False)``, or one that PEFT has merged) it falls
-    back to a batched product over ``B`` expanded copies of the ``[V, H]`` weight, hundreds of times slower for a
-    150k-token vocabulary (``benchmarks/bench_generation.py``). Copying the ``[B, 1, H]`` view costs nothing.
+    ``admit(prompts)`` prefills prompts (token id lists) as new last rows of the batch and returns their next-token
+    logits ``[k, V]``; ``step(tokens)`` feeds one token per live row and returns the next logits ``[B, V]``;
+    ``keep(rows)`` keeps the given live rows, in that order; ``reset()`` forgets the batch. Raw logits, before any
+    logits processor. ``capture_hidden=True`` also records the final hidden states the output layer reads
+    (``last_hidden``, one row per returned logit row).
     """
 
     def __init__(self, model: Any, capture_hidden: bool = False):
+        _register()
         self.model = model
         self.device = next(model.parameters()).device
         self.cache_kw = cache_kwarg(model)
-        self.cache: Any = None
-        self.mask: torch.Tensor | None = None
-        self.next_pos: torch.Tensor | None = None
+        self.cache = SlotCache()
+        self.slot_of: list[int] = []  # live row j -> its slot
+        self.length: list[int] = []  # live row j -> tokens in its cache
         self.last_hidden: torch.Tensor | None = None
         self.capture_hidden = capture_hidden
         get_head = getattr(model, "get_output_embeddings", None)
@@ -75,84 +288,116 @@ class CachedDecoder:
         if head is None and capture_hidden:
             raise ValueError(f"capture_hidden needs the model's output layer, and {type(model).__name__} has no "
                              f"get_output_embeddings(); pass a transformers causal LM")
-        self._hook = head.register_forward_pre_hook(self._before_output_layer) if head is not None else None
+        self._hook = head.register_forward_pre_hook(self._before_output_layer) if capture_hidden else None
 
-    def _before_output_layer(self, module: Any, args: tuple) -> tuple:
-        hidden = args[0]
-        if self.capture_hidden:
-            self.last_hidden = hidden[:, -1].detach()
-        return (hidden.contiguous(), *args[1:])
+    def _before_output_layer(self, module: Any, args: tuple) -> None:
+        self.last_hidden = args[0][0].detach()
 
     def close(self) -> None:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
 
-    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[Any, torch.Tensor,
-                                                                                       torch.Tensor]:
-        """Run left-padded prompts into a new cache: ``(cache, next positions [B], last logits [B, V])``."""
-        from transformers import DynamicCache
+    @property
+    def rows(self) -> int:
+        return len(self.slot_of)
 
-        cache = DynamicCache()
-        pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                         use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
-        return cache, pos[:, -1] + 1, out.logits[:, -1]
-
-    @torch.inference_mode()
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        self.cache, self.next_pos, logits = self._encode(input_ids, attention_mask)
-        self.mask = attention_mask
+    def _forward(self, ids: list[int], pos: list[int], slots: list[int], plan: Plan, keep: list[int]) -> torch.Tensor:
+        """One packed forward; returns the logits at token indices ``keep``."""
+        n = len(ids)
+        if n == 1:  # one token row would take another kernel: run it twice, ignore the copy
+            ids, pos = ids * 2, pos * 2
+        if len(keep) == 1:
+            keep = keep * 2
+        dev = self.device
+        self.cache.write = (torch.tensor(slots, device=dev), torch.tensor(pos[:n], device=dev), n)
+        with _packed(self.model, plan):
+            out = self.model(input_ids=torch.tensor([ids], device=dev), position_ids=torch.tensor([pos], device=dev),
+                             use_cache=True, logits_to_keep=torch.tensor(keep, device=dev),
+                             **{self.cache_kw: self.cache})
+        self.cache.write = None
+        logits = out.logits[0]
+        if len(keep) == 2 and keep[0] == keep[1]:
+            logits = logits[:1]
+            if self.last_hidden is not None and self.capture_hidden:
+                self.last_hidden = self.last_hidden[:1]
         return logits
 
-    @torch.inference_mode()
+    def admit(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Prefill ``prompts`` as new last rows of the batch; their next-token logits ``[k, V]``."""
+        first = self.rows
+        self.cache.ensure(first + len(prompts), max(len(p) for p in prompts))
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        spans: list[tuple[int, int]] = []
+        for k, p in enumerate(prompts):
+            if not len(p):
+                raise ValueError("cannot decode from an empty prompt")
+            spans.append((len(ids), len(p)))
+            ids += list(p)
+            pos += range(len(p))
+            slots += [first + k] * len(p)
+        plan = Plan(0, None, None, spans, self.cache)
+        logits = self._forward(ids, pos, slots, plan, [o + m - 1 for o, m in spans])
+        self.slot_of += [first + k for k in range(len(prompts))]
+        self.length += [len(p) for p in prompts]
+        return logits
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Start a new batch with ``prompts``."""
+        self.reset()
+        return self.admit(prompts)
+
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        assert self.mask is not None and self.next_pos is not None
-        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
-        out = self.model(input_ids=tokens.view(-1, 1), attention_mask=self.mask,
-                         position_ids=self.next_pos.view(-1, 1), use_cache=True, **{self.cache_kw: self.cache})
-        self.next_pos = self.next_pos + 1
-        return out.logits[:, -1]
-
-    @torch.inference_mode()
-    def admit(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Prefill more prompts and splice them into the live batch (appended as its last rows).
-
-        The new rows' cache and the live one are left padded to a common width (padding is masked out, and
-        positions are per row), then concatenated along the batch. Returns the new rows' logits ``[k, V]``.
-        """
-        if self.cache is None or self.mask is None or self.mask.shape[0] == 0:
-            return self.prefill(input_ids, attention_mask)
-        if not hasattr(self.cache, "layers"):
-            raise RuntimeError("continuous batching needs a transformers Cache with per-layer tensors "
-                               "(transformers >= 4.56); use batch_size large enough for all prompts instead")
-        cache, next_pos, logits = self._encode(input_ids, attention_mask)
-        width = max(self.mask.shape[1], attention_mask.shape[1])
-        for live, new in zip(self.cache.layers, cache.layers):
-            live.keys = torch.cat([_pad_time(live.keys, width), _pad_time(new.keys, width)])
-            live.values = torch.cat([_pad_time(live.values, width), _pad_time(new.values, width)])
-        self.mask = torch.cat([_pad_time(self.mask, width), _pad_time(attention_mask, width)])
-        self.next_pos = torch.cat([self.next_pos, next_pos])
+        """Feed ``tokens[j]`` to live row ``j``; the next logits ``[B, V]``."""
+        b = self.rows
+        self.cache.ensure(b, max(self.length) + 1)
+        pos = list(self.length)
+        slots = torch.tensor(self.slot_of, device=self.device)
+        lengths = torch.tensor(pos, device=self.device) + 1
+        plan = Plan(b, slots, lengths, [], self.cache)
+        logits = self._forward(tokens.view(-1).tolist(), pos, self.slot_of, plan, list(range(b)))
+        self.length = [m + 1 for m in self.length]
         return logits
+
+    def keep(self, rows: torch.Tensor | Sequence[int]) -> None:
+        """Keep live rows ``rows`` (indices into the current batch), in that order; their slots become 0..k-1."""
+        rows = [int(r) for r in (rows.tolist() if isinstance(rows, torch.Tensor) else rows)]
+        slot_of = [self.slot_of[r] for r in rows]
+        self.length = [self.length[r] for r in rows]
+        k = len(rows)
+        holes = sorted(set(range(k)) - set(slot_of))
+        for j, s in enumerate(slot_of):
+            if s >= k:  # move it into a free low slot
+                dst = holes.pop(0)
+                self.cache.move(s, dst)
+                slot_of[j] = dst
+        self.slot_of = slot_of
 
     def reset(self) -> None:
-        """Forget the batch (the next :meth:`admit` starts a new one)."""
-        self.cache = self.mask = self.next_pos = None
+        """Forget the batch (buffers are kept for the next one)."""
+        self.slot_of, self.length = [], []
 
-    def keep(self, rows: torch.Tensor) -> None:
-        assert self.mask is not None and self.next_pos is not None
-        if rows.numel() == self.mask.shape[0]:
-            return
-        rows = rows.to(self.device)
-        self.cache.reorder_cache(rows)
-        self.mask = self.mask[rows]
-        self.next_pos = self.next_pos[rows]
-        # Columns that are padding for every remaining row only cost attention time: drop them.
-        live = self.mask.any(0)
-        if not bool(live[0]) and hasattr(self.cache, "layers"):
-            first = int(live.nonzero()[0])
-            for layer in self.cache.layers:
-                if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4:
-                    layer.keys = layer.keys[:, :, first:]
-                    layer.values = layer.values[:, :, first:]
-            self.mask = self.mask[:, first:]
+
+def hidden_states(model: Any, sequences: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    """Final hidden states ``[len(s), H]`` of each whole sequence, read causally and batch-invariantly
+    (teacher-forced scoring): one packed forward of the inner model, no cache."""
+    _register()
+    dev = next(model.parameters()).device
+    ids: list[int] = []
+    pos: list[int] = []
+    spans: list[tuple[int, int]] = []
+    for s in sequences:
+        spans.append((len(ids), len(s)))
+        ids += list(s)
+        pos += range(len(s))
+    if len(ids) == 1:
+        ids, pos = ids * 2, pos * 2
+    plan = Plan(0, None, None, spans, None)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(inner, inner.base_model_prefix, inner)
+    with _packed(model, plan):
+        h = body(input_ids=torch.tensor([ids], device=dev), position_ids=torch.tensor([pos], device=dev),
+                 use_cache=False).last_hidden_state[0]
+    return [h[o:o + m] for o, m in spans]

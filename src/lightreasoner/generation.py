@@ -1,9 +1,11 @@
 """Batched decoding with a KV cache: the one decoding loop, and the seam between the stages and the backend.
 
-:func:`stream` is the loop (every stage decodes through it): left padding, explicit position ids, finished rows
-dropped from the batch and its cache (:class:`~lightreasoner.decoder.CachedDecoder`), so a batch costs what its
-live rows cost, and continuous batching: a finished row's slot is refilled from the queue of waiting prompts,
-whose prefilled cache is spliced into the running one, so the batch stays full until the queue is empty. A
+:func:`stream` is the loop (every stage decodes through it) over a batch-invariant engine
+(:class:`~lightreasoner.decoder.CachedDecoder`: rows are packed, never padded, so a prompt's completion is the same
+token for token whatever it is decoded with, however many slots, in whatever order, in however many processes):
+finished rows leave the batch and free their cache slot, so a batch costs what its live rows cost, and continuous
+batching: a finished row's slot is refilled from the queue of waiting prompts, so the batch stays full until the
+queue is empty. A
 per-step hook (``on_step``) sees each step's raw logits, live rows, the tokens just fed and, on request, the
 final hidden states; sampling scores the amateur against the expert there. Decoding never reads the model's
 ``generation_config``: greedy means argmax, sampling means the temperature given here, with one random generator
@@ -105,7 +107,8 @@ def stream(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     every step), or after ``max_new_tokens``. ``seconds`` is the row's share of the wall time (each forward's
     time split among the rows it served), so the shares add up to the whole. With ``temperature > 0`` prompt
     ``i`` samples from its own generator seeded ``seed + i`` (or ``seed[i]`` for a sequence). ``on_step`` sees
-    each step (:class:`StepView`) before its tokens are picked; its own time is no row's share.
+    each step (:class:`StepView`) before its tokens are picked; its own time is no row's share. ``pad_id`` is
+    not used by this engine (rows are packed); it stays for other backends with this signature.
     """
     n = len(prompts)
     if n == 0:
@@ -128,8 +131,7 @@ def stream(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
             if queue and free > 0 and (not rows or free >= min(refill, len(queue))):
                 take = [queue.popleft() for _ in range(min(free, len(queue)))]
                 t0 = time.perf_counter()
-                ids, mask = left_pad([prompts[i] for i in take], pad_id, device)
-                new = dec.admit(ids, mask)
+                new = dec.admit([prompts[i] for i in take])
                 share = (time.perf_counter() - t0) / len(take)
                 for i in take:
                     out[i], cost[i] = [], share

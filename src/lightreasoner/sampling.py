@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 
 from .contrast import StepReduction, reduce_step
-from .decoder import CachedDecoder, left_pad
+from .decoder import CachedDecoder, RowInvariant, hidden_states
 from .generation import StepView, stream
 from .problems import Problem
 from .utils import Stopwatch
@@ -113,8 +113,7 @@ class _Lockstep:
             rows = view.rows.tolist()
             if self.rows is None:
                 assert view.fed is not None and bool((view.fed < 0).all()), "lockstep needs one admission"
-                ids, mask = left_pad([self.prompts[r] for r in rows], self.pad_id, self.dec.device)
-                logits_a = self.dec.prefill(ids, mask)
+                logits_a = self.dec.prefill([self.prompts[r] for r in rows])
             else:
                 where = {r: j for j, r in enumerate(self.rows)}
                 self.dec.keep(torch.tensor([where[r] for r in rows], device=self.dec.device))
@@ -179,27 +178,23 @@ def _score_teacher_forced(expert: Any, amateur: Any, prompts: Sequence[Sequence[
     h_e = hidden[0].new_zeros((B, T, H))
     for t, (h, r) in enumerate(zip(hidden, live_rows)):
         h_e[r, t] = h
-    # The amateur reads prompt + completion[:-1] (left-padded prompts, right-padded completions).
-    width = max(len(p) for p in prompts)
-    seqs = [[pad_id] * (width - len(p)) + list(p) + tr.completion[:-1] for p, tr in zip(prompts, trajs)]
-    L = max(len(s) for s in seqs)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    mask = torch.zeros((B, L), dtype=torch.long)
-    for i, (p, s) in enumerate(zip(prompts, seqs)):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, width - len(p):len(s)] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    h_a = amateur.base_model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+    # The amateur reads each prompt + completion[:-1] on its own (packed, batch-invariant); step t of row i is
+    # predicted at position len(prompt_i) - 1 + t of its sequence, row start[i] + that of the packed states.
+    seqs = [list(p) + tr.completion[:-1] for p, tr in zip(prompts, trajs)]
+    h_a = torch.cat(hidden_states(amateur, seqs))
+    start = [0]
+    for s in seqs[:-1]:
+        start.append(start[-1] + len(s))
     head_e, head_a = expert.get_output_embeddings(), amateur.get_output_embeddings()
-    # Step t of row i is predicted at padded position width - 1 + t.
     pairs = [(i, t) for i, tr in enumerate(trajs) for t in range(len(tr.completion))]
     for c in range(0, len(pairs), params.chunk_steps):
         chunk = pairs[c:c + params.chunk_steps]
         ri = torch.tensor([i for i, _ in chunk], device=device)
         ti = torch.tensor([t for _, t in chunk], device=device)
-        le = head_e(h_e[ri, ti].to(head_e.weight.device))[:, :vocab_size]
-        la = head_a(h_a[ri, width - 1 + ti])[:, :vocab_size]
+        at = torch.tensor([start[i] + len(prompts[i]) - 1 + t for i, t in chunk], device=device)
+        with RowInvariant():
+            le = head_e(h_e[ri, ti].to(head_e.weight.device))[:, :vocab_size]
+            la = head_a(h_a[at])[:, :vocab_size]
         red = reduce_step(le, la, params.alpha, params.contrast)
         lists = (red.kl.tolist(), red.expert_entropy.tolist(), red.amateur_entropy.tolist(),
                  red.top1_agree.tolist())
