@@ -10,6 +10,10 @@ Decoding is continuously batched (up to ``--batch-size`` rows, at most ``--max-b
 Finished completions are graded and appended to ``<output>/<benchmark>.jsonl`` (fsynced) as they come, so a
 killed run continues where it stopped; at the end each file is rewritten in the benchmark's order.
 
+Under ``accelerate launch``/``torchrun`` rank 0 claims the folder and checks the records there; every rank
+evaluates every ``world_size``-th problem of each benchmark into its own shard (resumable on its own), and rank 0
+merges the shards in the benchmark's order and writes the summary (:mod:`.shards`): the files of a one-process run.
+
 Deviation from the toolkit: its tool-call continuation (running python code that the model wrote) is not done
 here; model text never reaches ``eval``/``exec``. Completions that would have triggered it (no ``boxed`` and ending
 with three backticks) are counted in the summary (``tool_call_skipped``).
@@ -29,14 +33,15 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from . import layout
+from . import layout, shards
 from .benchmarks import ALL_BENCHMARKS, FEW_SHOT, PAPER_BENCHMARKS, SHOT_BENCHMARKS, data_inputs, load_benchmark
 from .config import ConfigError, flag, option, save_config, to_dict
-from .evaluation import EvalParams, evaluate_model, extra_path, overall_summary, summary_markdown
+from .evaluation import EvalParams, collect, evaluate_model, extra_path, overall_summary, summary_markdown
 from .models import DTYPES
 from .prompts import PROMPT_TYPES, STOP_STRINGS, eos_ids
 from .stats import compare_runs
-from .utils import InputError, atomic_write, environment_info, read_json, write_json, writes_output
+from .utils import (DistInfo, InputError, atomic_write, dist_info, environment_info, read_json, write_json,
+                    writes_output)
 
 logger = logging.getLogger(__name__)
 
@@ -194,31 +199,54 @@ def _check_output(out: Path, identity: Mapping[str, Any], overwrite: bool, rerun
         for f in [cfg_file, out / "summary.json", out / "summary.md"] + [
                 f for b in ALL_BENCHMARKS for f in (out / f"{b}.jsonl", extra_path(out / f"{b}.jsonl"))]:
             f.unlink(missing_ok=True)
+        for b in ALL_BENCHMARKS:
+            shards.remove_shards(out / f"{b}.jsonl")
         return
     if diffs:
         raise ConfigError([f"--output {out} holds results of a different evaluation ({'; '.join(diffs)}); "
                            f"pass --rerun to discard them or choose another --output"])
 
 
-@writes_output("eval", kind="folder", single_process=True)
+@writes_output("eval", kind="folder")
 def main(cfg: EvalConfig) -> int:
-    """``lightreasoner eval``: evaluate a model (optionally with a LoRA adapter), or compare two runs."""
+    """``lightreasoner eval``: evaluate a model (optionally with a LoRA adapter), or compare two runs. Under a
+    launcher rank 0 claims --output and the other ranks follow its claim (see the module doc)."""
+    info = dist_info()
     if cfg.compare is not None:
-        return compare_main(cfg)
+        return compare_main(cfg) if info.is_main else 0
     from .models import resolve_source
 
     resolve_source(cfg.model, prepare=False)  # type: ignore[arg-type]  # a mistyped path fails here, not later
+    ident = identity(cfg)
+    if not info.is_main:  # rank 0 claims (and, with --rerun, clears) the folder; the others follow its claim
+        done = shards.wait_for_claim(cfg.output, ident) == "done"  # type: ignore[arg-type]
+        return 0 if done else _evaluate(cfg, info, None)
     keep = () if cfg.overwrite else ("*.jsonl", "config.json")  # records are checked by _check_output
-    with layout.StageRun(cfg.output, identity(cfg), rerun=cfg.rerun or cfg.overwrite,  # type: ignore[arg-type]
+    with layout.StageRun(cfg.output, ident, rerun=cfg.rerun or cfg.overwrite,  # type: ignore[arg-type]
                          keep=keep) as stage:
         if stage.done:
             logger.info("%s is complete for these settings; nothing to do", cfg.output)
             return 0
-        return _evaluate(cfg, stage)
+        if cfg.overwrite:  # at once: the other ranks go by config.json (_wait_for_records_claim)
+            (Path(cfg.output) / "config.json").unlink(missing_ok=True)  # type: ignore[arg-type]
+        return _evaluate(cfg, info, stage)
 
 
-def _evaluate(cfg: EvalConfig, stage: layout.StageRun) -> int:
-    """Evaluate into a claimed stage folder (records of the same model, prompt and decoding resume)."""
+def _wait_for_records_claim(out: Path, record_identity: Mapping[str, Any]) -> None:
+    """Ranks > 0: wait until rank 0 has checked the records in ``out`` for this model, prompt and decoding
+    (config.json names them; rank 0 writes it after discarding records of another evaluation)."""
+    def claimed() -> bool:
+        try:
+            return read_json(out / "config.json").get("identity") == dict(record_identity)
+        except (OSError, InputError):  # not there yet
+            return False
+
+    shards.wait_until(claimed, f"rank 0 to check the records in {out}", shards.CLAIM_WAIT_S)
+
+
+def _evaluate(cfg: EvalConfig, info: DistInfo, stage: layout.StageRun | None) -> int:
+    """Evaluate into a claimed stage folder (records of the same model, prompt and decoding resume); ``stage``
+    is None on ranks > 0, which evaluate their shares only."""
     from .models import load_model
 
     t0 = time.perf_counter()
@@ -227,8 +255,10 @@ def _evaluate(cfg: EvalConfig, stage: layout.StageRun) -> int:
     data = {b: load_benchmark(b, cfg.data_dir, cfg.limit, skip_bad_rows=cfg.skip_bad_rows,
                               stats=bad_rows.setdefault(b, {})) for b in cfg.benchmarks}  # before the model
     adapter_fp = _check_adapter(cfg)
+    shards.share_cores(info)
     torch.manual_seed(cfg.seed)
-    loaded = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)  # type: ignore[arg-type]
+    device = shards.rank_device(cfg.device, info)
+    loaded = load_model(cfg.model, dtype=cfg.dtype, device=device)  # type: ignore[arg-type]
     model, tokenizer = loaded.model, loaded.tokenizer
     if cfg.adapter:
         if loaded.source is not None and loaded.source.kind == "hub":
@@ -241,6 +271,12 @@ def _evaluate(cfg: EvalConfig, stage: layout.StageRun) -> int:
                 "model_fingerprint": loaded.fingerprint, "adapter_fingerprint": adapter_fp, "prompt": cfg.prompt,
                 "shots": cfg.shots, "max_new_tokens": cfg.max_new_tokens,
                 "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+    if stage is None:
+        _wait_for_records_claim(out, record_identity)
+        for b, examples in data.items():
+            evaluate_model(model, tokenizer, b, examples, EvalParams.of(cfg), out / f"{b}.jsonl", rank=info.rank,
+                           world_size=info.world_size)
+        return 0
     stage.start()
     _check_output(out, record_identity, cfg.overwrite, cfg.rerun)
     # A summary describes a finished evaluation. Until this one finishes there is none: an old summary (say of a
@@ -252,11 +288,7 @@ def _evaluate(cfg: EvalConfig, stage: layout.StageRun) -> int:
         "identity": record_identity, "model": loaded.describe(), "adapter": cfg.adapter, "stop_strings": list(STOP_STRINGS),
         "eos_ids": eos, "examples": {b: len(v) for b, v in data.items()}, "environment": environment_info()})
 
-    results = {}
-    for b, examples in data.items():
-        results[b] = evaluate_model(model, tokenizer, b, examples, EvalParams.of(cfg), out / f"{b}.jsonl")
-        logger.info("%s: %s%% of %d (%d truncated)", b, results[b]["accuracy"], results[b]["n"],
-                    results[b]["truncated"])
+    results, per_rank = _evaluate_all(model, tokenizer, data, cfg, out, info)
     summary = overall_summary(results)
     summary.update({"model": cfg.model, "model_fingerprint": loaded.fingerprint, "adapter": cfg.adapter,
                     "prompt": cfg.prompt, "shots": cfg.shots, "max_new_tokens": cfg.max_new_tokens,
@@ -268,9 +300,28 @@ def _evaluate(cfg: EvalConfig, stage: layout.StageRun) -> int:
     atomic_write(out / "summary.md", md)
     stage.finish(config=to_dict(cfg), counts={b: {k: r[k] for k in ("n", "correct", "accuracy")}
                                               for b, r in results.items()},
-                 extra={"model": loaded.describe(), "adapter": cfg.adapter})
+                 extra={"model": loaded.describe(), "adapter": cfg.adapter,
+                        **({"per_rank": per_rank} if per_rank else {})})
     print(md)
     return 0
+
+
+def _evaluate_all(model: Any, tokenizer: Any, data: Mapping[str, Sequence[Mapping[str, Any]]], cfg: EvalConfig,
+                  out: Path, info: DistInfo) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """Rank 0 (or the one process): every benchmark's summary with its records, after rank 0's own shares and,
+    under a launcher, the merge of every rank's shards; and the ranks' marks (counts, timings) per benchmark."""
+    results, per_rank = {}, {}
+    for b, examples in data.items():
+        results[b] = evaluate_model(model, tokenizer, b, examples, EvalParams.of(cfg), out / f"{b}.jsonl",
+                                    rank=info.rank, world_size=info.world_size)
+    for b, examples in data.items():
+        if info.world_size > 1:
+            results[b], marks = collect(b, examples, tokenizer, EvalParams.of(cfg), out / f"{b}.jsonl",
+                                        info.world_size)
+            per_rank[b] = list(marks.values())
+        logger.info("%s: %s%% of %d (%d truncated)", b, results[b]["accuracy"], results[b]["n"],
+                    results[b]["truncated"])
+    return results, per_rank
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 :func:`evaluate_model` builds each example's prompt (:func:`.benchmarks.build_prompt`), decodes with continuous
 batching and stop strings (:func:`.generation.iter_generate`), grades each batch as it finishes
 (:func:`.grading.grade_many`) and appends the records to a JSONL file, so a killed evaluation resumes where it
-stopped. :func:`summarize_records` / :func:`overall_summary` turn records into the figures of ``summary.json``
+stopped. Under a launcher each rank evaluates every ``world_size``-th example into its shard and rank 0 merges
+the shards in the benchmark's order (:func:`collect`, :mod:`.shards`): the same file a one-process run writes.
+:func:`summarize_records` / :func:`overall_summary` turn records into the figures of ``summary.json``
 (accuracy = mean verdict x 100, one decimal, with its 95% Wilson interval); :func:`summary_markdown` prints them.
 """
 
@@ -12,16 +14,18 @@ from __future__ import annotations
 import copy
 import logging
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import shards
 from .benchmarks import build_prompt, example_id
 from .generation import iter_generate
 from .grading import grade_many
 from .prompts import encode_prompts
 from .stats import accuracy_ci
-from .utils import JsonlAppender, read_complete_jsonl, write_jsonl
+from .utils import JsonlAppender
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +72,10 @@ def summarize_records(benchmark: str, records: Sequence[Mapping[str, Any]], **ex
     }
 
 
-def evaluate_model(model: Any, tokenizer: Any, benchmark: str, examples: Sequence[Mapping[str, Any]],
-                   params: EvalParams | Any, output_path: str | Path | None = None, *,
-                   progress: bool = True) -> dict[str, Any]:
-    """Generate, grade and summarise one benchmark with an in-memory model.
-
-    ``params``: an :class:`EvalParams` (or an object with its fields, such as an ``EvalConfig``). With ``output_path`` each batch's records are appended there
-    and records already present (same ids) are reused, so a killed run resumes; at the end the file holds exactly
-    this selection's records in the examples' order. Returns :func:`summarize_records`'s dict plus ``records``
-    (one per scored example: id, prompt, completion, pred, gold, correct, new_tokens, finish_reason, seconds,
-    error).
-    """
+def plan(benchmark: str, examples: Sequence[Mapping[str, Any]], tokenizer: Any,
+         params: EvalParams | Any) -> tuple[list[tuple[str, Mapping[str, Any], str]], int]:
+    """The benchmark's work in its order: ``(id, example, prompt)`` per example with a question, and the number
+    of examples skipped for an empty one. Ids are unique (a repeated id gets ``-<position>``)."""
     cfg = EvalParams.of(params)
     items: list[tuple[str, Mapping[str, Any], str]] = []
     seen: set[str] = set()
@@ -95,64 +92,105 @@ def evaluate_model(model: Any, tokenizer: Any, benchmark: str, examples: Sequenc
         items.append((eid, ex, prompt))
     if skipped:
         logger.info("%s: skipped %d examples with an empty question (as the toolkit does)", benchmark, skipped)
+    return items, skipped
 
-    done: dict[str, dict] = {}
-    extra: dict[str, dict] = {}
+
+def evaluate_model(model: Any, tokenizer: Any, benchmark: str, examples: Sequence[Mapping[str, Any]],
+                   params: EvalParams | Any, output_path: str | Path | None = None, *,
+                   progress: bool = True, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """Generate, grade and summarise one benchmark with an in-memory model.
+
+    ``params``: an :class:`EvalParams` (or an object with its fields, such as an ``EvalConfig``). With ``output_path`` each batch's records are appended there
+    and records already present (same ids) are reused, so a killed run resumes; at the end the file holds exactly
+    this selection's records in the examples' order. Returns :func:`summarize_records`'s dict plus ``records``
+    (one per scored example: id, prompt, completion, pred, gold, correct, new_tokens, finish_reason, seconds,
+    error).
+
+    Under a launcher (``world_size`` > 1, ``output_path`` needed) rank ``rank`` does only its share of the
+    examples (:func:`.shards.share`) into its shard, marks it done and returns the figures of its share;
+    rank 0 then calls :func:`collect` for the whole benchmark.
+    """
+    cfg = EvalParams.of(params)
+    items, skipped = plan(benchmark, examples, tokenizer, cfg)
     path = Path(output_path) if output_path is not None else None
-    if path is not None:
-        # Records outside this selection (say, of an earlier larger --limit) are kept aside in
-        # <benchmark>.extra.jsonl and reused when a later selection includes them again.
-        wanted = {eid for eid, _, _ in items}
-        for r in read_complete_jsonl(extra_path(path)) + read_complete_jsonl(path):
-            (done if r.get("id") in wanted else extra)[r["id"]] = r
-        if extra:
-            logger.info("%s: %d finished records are outside this selection; kept in %s", path, len(extra),
-                        extra_path(path))
-    todo = [it for it in items if it[0] not in done]
-    if done:
-        logger.info("%s: resuming, %d of %d already done", benchmark, len(done), len(items))
-
+    if path is None and world_size > 1:
+        raise ValueError("a sharded evaluation needs an output path")
+    done: dict[str, dict] = {}
+    if path is not None:  # records of earlier runs (or of an earlier larger --limit, kept aside) are reused
+        done = shards.written(path, rank, world_size, also=[extra_path(path)])
+    mine = shards.share(items, rank, world_size)
+    todo = [it for it in mine if it[0] not in done]
+    if len(todo) < len(mine):
+        logger.info("%s: resuming, %d of %d already done", benchmark, len(mine) - len(todo), len(mine))
+    t0 = time.perf_counter()
     if todo:
-        from tqdm.auto import tqdm
+        out = None if path is None else path if world_size == 1 else shards.shard_path(path, rank)
+        desc = benchmark if world_size == 1 else f"{benchmark} rank {rank}"
+        done.update(_generate(model, tokenizer, benchmark, todo, cfg, out, desc, progress,
+                              [done[eid] for eid, _, _ in mine if eid in done]))
+    if world_size > 1:
+        records = [done[eid] for eid, _, _ in mine]
+        shards.mark_done(path, rank, [eid for eid, _, _ in mine], benchmark=benchmark,  # type: ignore[arg-type]
+                         records=len(records), new_tokens=sum(r["new_tokens"] for r in records),
+                         wall_seconds=round(time.perf_counter() - t0, 3))
+        return {**summarize_records(benchmark, records, skipped_empty=skipped), "records": records}
+    if path is None:
+        records = [done[eid] for eid, _, _ in items]
+    else:
+        records = shards.merge_shards(path, [eid for eid, _, _ in items], leftovers=extra_path(path))
+    return {**summarize_records(benchmark, records, skipped_empty=skipped), "records": records}
 
-        n_right = sum(bool(r["correct"]) for r in done.values())
-        bar = tqdm(total=len(items), initial=len(done), desc=benchmark, disable=not progress, dynamic_ncols=True)
-        appender = JsonlAppender(path) if path is not None else None
-        try:
-            ids = encode_prompts(tokenizer, [p for _, _, p in todo], cfg.prompt)
-            for idx, outs, secs in iter_generate(model, tokenizer, ids, max_new_tokens=cfg.max_new_tokens,
-                                                 batch_size=cfg.batch_size, max_batch_tokens=cfg.max_batch_tokens):
-                batch = [todo[i] for i in idx]
-                grades = grade_many(benchmark, [copy.deepcopy(dict(ex)) for _, ex, _ in batch],
-                                    [o.text for o in outs], timeout=cfg.grade_timeout, progress=False)
-                recs = []
-                for (eid, _, prompt), o, g in zip(batch, outs, grades):
-                    recs.append({"id": eid, "prompt": prompt, "completion": o.text, "pred": g.pred,
-                                 "gold": g.gold, "correct": bool(g.correct), "new_tokens": o.new_tokens,
-                                 "finish_reason": o.finish_reason, "seconds": round(o.seconds, 4),
-                                 "error": None if g.error is None else str(g.error)})
-                if appender is not None:
-                    appender.write_many(recs)
-                for r in recs:
-                    done[r["id"]] = r
-                    n_right += r["correct"]
-                bar.update(len(recs))
-                bar.set_postfix(acc=f"{100.0 * n_right / len(done):.1f}")
-        finally:
-            bar.close()
+
+def collect(benchmark: str, examples: Sequence[Mapping[str, Any]], tokenizer: Any, params: EvalParams | Any,
+            output_path: str | Path, world_size: int) -> tuple[dict[str, Any], dict[int, dict]]:
+    """Rank 0, after its own share: wait for every rank's share of the benchmark, merge the shards into
+    ``output_path`` in the benchmark's order (the file a one-process run writes) and summarise it as
+    :func:`evaluate_model` does. Returns that summary and the ranks' marks (their counts and timings)."""
+    path = Path(output_path)
+    items, skipped = plan(benchmark, examples, tokenizer, params)
+    ids = [eid for eid, _, _ in items]
+    marks = shards.wait_for_marks(path, {r: shards.share(ids, r, world_size) for r in range(world_size)})
+    records = shards.merge_shards(path, ids, leftovers=extra_path(path))
+    if len(records) != len(ids):
+        raise RuntimeError(f"{path}: {len(ids) - len(records)} of {len(ids)} records are missing after merging "
+                           f"the ranks' shards; run the same command again to evaluate them")
+    return {**summarize_records(benchmark, records, skipped_empty=skipped), "records": records}, marks
+
+
+def _generate(model: Any, tokenizer: Any, benchmark: str, todo: Sequence[tuple[str, Mapping[str, Any], str]],
+              cfg: EvalParams, out: Path | None, desc: str, progress: bool,
+              before: Sequence[dict]) -> dict[str, dict]:
+    """Decode, grade and (to ``out``) append the records of ``todo`` as batches finish; returns them by id
+    (``before``: this share's records already done, for the progress bar)."""
+    from tqdm.auto import tqdm
+
+    n_right = sum(bool(r["correct"]) for r in before)
+    new: dict[str, dict] = {}
+    bar = tqdm(total=len(before) + len(todo), initial=len(before), desc=desc, disable=not progress,
+               dynamic_ncols=True)
+    appender = JsonlAppender(out) if out is not None else None
+    try:
+        ids = encode_prompts(tokenizer, [p for _, _, p in todo], cfg.prompt)
+        for idx, outs, _ in iter_generate(model, tokenizer, ids, max_new_tokens=cfg.max_new_tokens,
+                                          batch_size=cfg.batch_size, max_batch_tokens=cfg.max_batch_tokens):
+            batch = [todo[i] for i in idx]
+            grades = grade_many(benchmark, [copy.deepcopy(dict(ex)) for _, ex, _ in batch],
+                                [o.text for o in outs], timeout=cfg.grade_timeout, progress=False)
+            recs = [{"id": eid, "prompt": prompt, "completion": o.text, "pred": g.pred, "gold": g.gold,
+                     "correct": bool(g.correct), "new_tokens": o.new_tokens, "finish_reason": o.finish_reason,
+                     "seconds": round(o.seconds, 4), "error": None if g.error is None else str(g.error)}
+                    for (eid, _, prompt), o, g in zip(batch, outs, grades)]
             if appender is not None:
-                appender.close()
-
-    records = [done[eid] for eid, _, _ in items]
-    if path is not None:
-        if extra:
-            write_jsonl(extra_path(path), list(extra.values()))
-        write_jsonl(path, records)
-        if not extra:
-            extra_path(path).unlink(missing_ok=True)
-    summary = summarize_records(benchmark, records, skipped_empty=skipped)
-    summary["records"] = records
-    return summary
+                appender.write_many(recs)
+            new.update((r["id"], r) for r in recs)
+            n_right += sum(r["correct"] for r in recs)
+            bar.update(len(recs))
+            bar.set_postfix(acc=f"{100.0 * n_right / (len(before) + len(new)):.1f}")
+    finally:
+        bar.close()
+        if appender is not None:
+            appender.close()
+    return new
 
 
 def extra_path(path: Path) -> Path:

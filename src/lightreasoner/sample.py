@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from . import layout
 from .config import flag, option, to_dict
 from .embedded import DEFAULT_AMATEUR, DEFAULT_EXPERT
@@ -27,6 +25,7 @@ from .generation import pad_id_of
 from .problems import Problem, load_problems
 from .prompts import DEFAULT_SYSTEM_PROMPT, build_prompt_ids, eos_ids
 from .sampling import ScoringParams, format_step, reference_records, sample_batch, to_record
+from .shards import merge_shards, rank_device, shard_path, share, share_cores, wait_for_claim, wait_for_files
 from .utils import (InputError, JsonlAppender, Stopwatch, dist_info, read_complete_jsonl,
                     read_json, write_json, write_jsonl, writes_output)
 
@@ -92,10 +91,6 @@ class SampleConfig:
 # The stage: problems -> samples file (resumable, sharded across ranks)
 
 
-def shard_path(output: Path, rank: int) -> Path:
-    return output.with_name(f"{output.stem}.rank{rank}.jsonl")
-
-
 def manifest_path(output: str | Path) -> Path:
     """Where a samples file is described: its stage folder's ``meta.json`` (written last)."""
     return Path(output).with_name(layout.META)
@@ -120,7 +115,7 @@ def sample_problems(expert: Any, amateur: Any, tokenizer: Any, problems: Sequenc
     eos = eos_ids(tokenizer, expert)
     pad = pad_id_of(tokenizer, eos)
     batches = [list(problems[i:i + batch_size]) for i in range(0, len(problems), batch_size)]
-    mine = [b for k, b in enumerate(batches) if k % world_size == rank]
+    mine = share(batches, rank, world_size)
     todo = [b for b in mine if any(p.id not in done for p in b)]
     timer = Stopwatch()
     kept = total = 0
@@ -163,25 +158,6 @@ def summarize(records: Sequence[dict], beta: float) -> dict[str, Any]:
     }
 
 
-def _merge_shards(output: Path, world_size: int, order: dict[str, int]) -> list[dict]:
-    records = []
-    for r in range(world_size):
-        records += read_complete_jsonl(shard_path(output, r))
-    records.sort(key=lambda rec: order[rec["id"]])
-    write_jsonl(output, records)
-    for r in range(world_size):
-        shard_path(output, r).unlink(missing_ok=True)
-    return records
-
-
-def _wait_for(paths: list[Path], timeout_s: float = 7 * 24 * 3600) -> None:
-    t0 = time.time()
-    while not all(p.exists() for p in paths):
-        if time.time() - t0 > timeout_s:
-            raise TimeoutError(f"waited too long for {[str(p) for p in paths if not p.exists()]}")
-        time.sleep(2)
-
-
 def identity(cfg: SampleConfig, **inputs: str) -> dict:
     """The sampling stage's identity (see :mod:`.layout`): its result settings and its inputs' fingerprints
     (``inputs`` overrides them, e.g. ``run`` naming a model by an upstream stage's fingerprint)."""
@@ -200,21 +176,12 @@ def main(cfg: SampleConfig) -> int:
     output = Path(cfg.output)
     ident = identity(cfg)
     if not info.is_main:  # rank 0 claims (and, with --rerun, clears) the folder; the others follow its claim
-        _wait_for_claim(output.parent, ident)
-        return 0 if layout.stage_state(output.parent, ident).status == "done" else _sample(cfg, info, None)
+        return 0 if wait_for_claim(output.parent, ident) == "done" else _sample(cfg, info, None)
     with layout.StageRun(output.parent, ident, rerun=cfg.rerun, shown=output) as stage:  # no record is kept
         if stage.done:
             logger.info("%s is complete for these settings; nothing to do", output)
             return 0
         return _sample(cfg, info, stage)
-
-
-def _wait_for_claim(folder: Path, ident: dict, timeout_s: float = 3600) -> None:
-    t0 = time.time()
-    while layout.stage_state(folder, ident).status not in ("partial", "done"):
-        if time.time() - t0 > timeout_s:
-            raise TimeoutError(f"rank 0 did not claim {folder} within {timeout_s:.0f} s")
-        time.sleep(1)
 
 
 def _sample(cfg: SampleConfig, info: Any, stage: layout.StageRun | None) -> int:
@@ -227,7 +194,8 @@ def _sample(cfg: SampleConfig, info: Any, stage: layout.StageRun | None) -> int:
                              skip_bad_rows=cfg.skip_bad_rows, generator_seed=cfg.generator_seed, stats=stats)
     if not problems:
         raise InputError(f"--data {cfg.data}: no problems to sample")
-    device = cfg.device or (f"cuda:{info.local_rank}" if torch.cuda.is_available() else None)
+    share_cores(info)
+    device = rank_device(cfg.device, info)
     t_load = time.perf_counter()
     expert = load_model(cfg.expert, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
     amateur = load_model(cfg.amateur, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
@@ -248,8 +216,8 @@ def _sample(cfg: SampleConfig, info: Any, stage: layout.StageRun | None) -> int:
     if stage is None:  # ranks > 0: rank 0 merges and describes
         return 0
     if info.world_size > 1:
-        _wait_for([output.with_name(f"{output.stem}.rank{r}.timings.json") for r in range(info.world_size)])
-        records = _merge_shards(output, info.world_size, {p.id: i for i, p in enumerate(problems)})
+        wait_for_files([output.with_name(f"{output.stem}.rank{r}.timings.json") for r in range(info.world_size)])
+        records = merge_shards(output, [p.id for p in problems])
     else:
         records = read_complete_jsonl(output)
     summary = summarize(records, cfg.beta)

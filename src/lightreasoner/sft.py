@@ -9,7 +9,11 @@ a kept solution becomes a sample record whose every completion position is a "ke
 ``KL(one-hot || p) = -log p(token)`` is exactly the SFT cross-entropy. So "tuned tokens" are counted the same way
 for both methods; the loop's other settings are ``train``'s defaults (:class:`training.TrainParams`).
 
-Outputs (``--output DIR``): ``candidates.jsonl`` (every sampled solution with its verdict; resumable),
+Under ``accelerate launch``/``torchrun`` each rank samples the solutions of every ``world_size``-th problem into
+its own shard and rank 0 merges them (:mod:`.shards`); then every rank trains, as ``train`` does under a launcher.
+
+Outputs (``--output DIR``): ``candidates.jsonl`` (every sampled solution with its verdict, in problem order;
+resumable),
 ``train_samples.jsonl`` (+ manifest), ``adapter/`` (the train output) and ``summary.json`` (problems sampled and
 used, trajectories, tuned tokens, sampling and training time).
 """
@@ -23,15 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import layout
+from . import layout, shards
 from .config import flag, option, to_dict
 from .embedded import DEFAULT_EXPERT
 from .problems import Problem, load_problems
 from .trajectories import MAX_LENGTH, check_label_range, load_training_examples, manifest_path
 from .training import TrainParams, make_accelerator, train
 from .prompts import DEFAULT_SYSTEM_PROMPT, build_prompt_ids
-from .utils import (InputError, JsonlAppender, environment_info, read_complete_jsonl, read_json, write_json,
-                    write_jsonl, writes_output)
+from .utils import (DistInfo, InputError, JsonlAppender, dist_info, environment_info, read_complete_jsonl,
+                    read_json, write_json, write_jsonl, writes_output)
 
 logger = logging.getLogger(__name__)
 
@@ -109,27 +113,38 @@ def sample_seed(seed: int, problem_id: str, j: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def candidate_ids(problems: Sequence[Problem], k: int) -> list[str]:
+    """The ids of the candidates, in problem order: ``<problem id>#<j>`` for j < k."""
+    return [f"{p.id}#{j}" for p in problems for j in range(k)]
+
+
 def sample_candidates(model: Any, tokenizer: Any, problems: Sequence[Problem], path: str | Path, *, k: int,
                       temperature: float, max_new_tokens: int, batch_size: int, seed: int,
-                      system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress: bool = True) -> None:
+                      system_prompt: str = DEFAULT_SYSTEM_PROMPT, progress: bool = True, rank: int = 0,
+                      world_size: int = 1) -> None:
     """Append ``k`` graded samples per problem to ``path`` as they finish (continuous batching; resumable).
 
-    Each sample has its own seed (:func:`sample_seed`), so a resumed run draws what an unbroken one would.
+    Each sample has its own seed (:func:`sample_seed`), so a resumed run draws what an unbroken one would. Under a
+    launcher rank ``rank`` samples the problems it owns (:func:`.shards.share`) into its shard and marks it done;
+    :func:`collect_candidates` puts ``path`` in problem order (and merges the shards).
     """
     from tqdm.auto import tqdm
 
     from .generation import iter_generate
 
-    done = {r["id"] for r in read_complete_jsonl(path)}
-    todo = [(p, j) for p in problems for j in range(k) if f"{p.id}#{j}" not in done]
+    t0 = time.perf_counter()
+    path = Path(path)
+    mine = shards.share(problems, rank, world_size)
+    done = shards.written(path, rank, world_size)
+    todo = [(p, j) for p in mine for j in range(k) if f"{p.id}#{j}" not in done]
     right = total = 0
-    bar = tqdm(total=len(problems) * k, initial=len(problems) * k - len(todo), desc="sft sampling", unit="sample",
-               disable=not progress)
+    bar = tqdm(total=len(mine) * k, initial=len(mine) * k - len(todo), unit="sample",
+               desc="sft sampling" + (f" rank {rank}" if world_size > 1 else ""), disable=not progress)
     if todo:
         prompt_of = {p.id: build_prompt_ids(tokenizer, p.question, system_prompt) for p, _ in todo}
         prompts = [prompt_of[p.id] for p, _ in todo]
         seeds = [sample_seed(seed, p.id, j) for p, j in todo]
-        with JsonlAppender(path) as out:
+        with JsonlAppender(path if world_size == 1 else shards.shard_path(path, rank)) as out:
             for idx, outs, _ in iter_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                               batch_size=batch_size, temperature=temperature, seed=seeds):
                 records = []
@@ -146,6 +161,20 @@ def sample_candidates(model: Any, tokenizer: Any, problems: Sequence[Problem], p
                 bar.update(len(records))
                 bar.set_postfix(correct=f"{right / max(total, 1):.1%}")
     bar.close()
+    if world_size > 1:
+        shards.mark_done(path, rank, candidate_ids(mine, k), samples=len(todo),
+                         wall_seconds=round(time.perf_counter() - t0, 3))
+
+
+def collect_candidates(path: str | Path, problems: Sequence[Problem], k: int, world_size: int = 1) -> dict[int, dict]:
+    """Rank 0 (or the one process): wait for every rank's share, then rewrite ``path`` with all candidates in
+    problem order (a one-process run's file, whatever the process count). Returns the ranks' marks."""
+    marks = {}
+    if world_size > 1:
+        marks = shards.wait_for_marks(path, {r: candidate_ids(shards.share(problems, r, world_size), k)
+                                             for r in range(world_size)})
+    shards.merge_shards(path, candidate_ids(problems, k))
+    return marks
 
 
 def sft_records(candidates: Sequence[dict]) -> list[dict]:
@@ -169,14 +198,19 @@ def identity(cfg: SFTConfig, **inputs: str) -> dict:
     return layout.stage_identity("sft", cfg, {k: inputs.get(k) or f() for k, f in found.items()})
 
 
-@writes_output("sft", kind="folder", single_process=True)
+@writes_output("sft", kind="folder")
 def main(cfg: SFTConfig) -> int:
-    """``lightreasoner sft``: sample, keep the right solutions, train; meta.json in --output is written last."""
-    with layout.StageRun(cfg.output, identity(cfg), rerun=cfg.rerun) as stage:
+    """``lightreasoner sft``: sample, keep the right solutions, train; meta.json in --output is written last.
+    Under a launcher rank 0 claims --output and the other ranks follow its claim."""
+    info = dist_info()
+    ident = identity(cfg)
+    if not info.is_main:
+        return 0 if shards.wait_for_claim(cfg.output, ident) == "done" else _sft(cfg, info, None)
+    with layout.StageRun(cfg.output, ident, rerun=cfg.rerun) as stage:
         if stage.done:
             logger.info("%s is complete for these settings; nothing to do", cfg.output)
             return 0
-        return _sft(cfg, stage)
+        return _sft(cfg, info, stage)
 
 
 def train_adapter(cfg: SFTConfig, samples: Path, output: Path) -> dict:
@@ -197,9 +231,8 @@ def train_adapter(cfg: SFTConfig, samples: Path, output: Path) -> dict:
                  expert=loaded.describe(), config=record)
 
 
-def _sft(cfg: SFTConfig, stage: layout.StageRun) -> int:
-    from .models import load_model
-
+def _sft(cfg: SFTConfig, info: DistInfo, stage: layout.StageRun | None) -> int:
+    """Sample (each rank its share), keep, train (every rank); ``stage`` is None on ranks > 0."""
     out = Path(cfg.output)
     problems = load_problems(cfg.data, split=cfg.split, question_field=cfg.question_field,
                              answer_field=cfg.answer_field, max_problems=cfg.max_problems,
@@ -209,27 +242,15 @@ def _sft(cfg: SFTConfig, stage: layout.StageRun) -> int:
     if missing:
         raise InputError(f"--data {cfg.data}: {len(missing)} problems have no reference answer in "
                          f"{flag('answer_field')} {cfg.answer_field!r} (first: {missing[0]}); SFT needs them to grade")
-    stage.start()
+    if stage is not None:
+        stage.start()
     timings = read_json(out / "timings.json") if (out / "timings.json").exists() else {}
     cand_path = out / "candidates.jsonl"
-    if len(read_complete_jsonl(cand_path)) < len(problems) * cfg.samples_per_problem:
-        expert = load_model(cfg.expert, dtype=cfg.dtype, device=cfg.device)
-        t0 = time.perf_counter()
-        try:
-            sample_candidates(expert.model, expert.tokenizer, problems, cand_path, k=cfg.samples_per_problem,
-                              temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                              batch_size=cfg.batch_size, seed=cfg.seed, system_prompt=cfg.system_prompt,
-                              progress=cfg.progress)
-        finally:  # an interrupted run's time counts too: the resumed run adds the rest
-            timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - t0
-            write_json(out / "timings.json", timings)
-        fingerprint, describe = expert.fingerprint, expert.describe()
-        del expert
-    else:
-        from .models import fingerprint as model_fingerprint, resolve_source
-
-        src = resolve_source(cfg.expert)
-        fingerprint, describe = model_fingerprint(src), {"spec": cfg.expert}
+    n_candidates = len(problems) * cfg.samples_per_problem
+    fingerprint, describe, per_rank = _sample_stage(cfg, info, stage, problems, cand_path, timings)
+    if stage is None:  # rank 0 merges the shards into candidates.jsonl
+        shards.wait_until(lambda: len(read_complete_jsonl(cand_path)) >= n_candidates,
+                          f"rank 0 to merge {cand_path}", shards.SHARD_WAIT_S)
     candidates = read_complete_jsonl(cand_path)
     records = sft_records(candidates)
     if not records:
@@ -241,6 +262,9 @@ def _sft(cfg: SFTConfig, stage: layout.StageRun) -> int:
         raise InputError(f"no sampled solution was right ({len(candidates)} sampled); raise "
                          f"{flag('samples_per_problem')} or {flag('temperature')}, or check {flag('answer_field')}")
     samples = out / "train_samples.jsonl"
+    if stage is None:  # every rank trains (DDP, as `train` under a launcher) on the file rank 0 writes
+        shards.wait_for_files([samples, manifest_path(samples)])
+        return 0 if train_adapter(cfg, samples, out / "adapter").get("finished", True) else 1
     write_jsonl(samples, records)
     write_json(manifest_path(samples), {"expert": {**describe, "fingerprint": fingerprint},
                                         "config": to_dict(cfg), "method": "rejection-sampling SFT"})
@@ -265,7 +289,36 @@ def _sft(cfg: SFTConfig, stage: layout.StageRun) -> int:
     }
     write_json(out / "summary.json", summary)
     stage.finish(config=to_dict(cfg), counts={k: summary[k] for k in (
-        "problems_sampled", "problems_used", "samples", "correct_samples", "trajectories", "tuned_tokens")})
+        "problems_sampled", "problems_used", "samples", "correct_samples", "trajectories", "tuned_tokens")},
+        extra={"sampling_per_rank": per_rank} if per_rank else None)
     logger.info("SFT: %d/%d problems had a right solution; %s tuned tokens", summary["problems_used"],
                 len(problems), summary["tuned_tokens"])
     return 0
+
+
+def _sample_stage(cfg: SFTConfig, info: DistInfo, stage: layout.StageRun | None, problems: Sequence[Problem],
+                  cand_path: Path, timings: dict) -> tuple[str, dict, list[dict]]:
+    """Sample this rank's share of the candidates unless ``cand_path`` is complete; rank 0 (``stage`` given)
+    merges every rank's share in problem order and counts the sampling time in ``timings.json``. Returns the
+    expert's fingerprint and description, and the ranks' marks (their timings) when there are several."""
+    from .models import load_model
+
+    if len(read_complete_jsonl(cand_path)) >= len(problems) * cfg.samples_per_problem:
+        from .models import fingerprint as model_fingerprint, resolve_source
+
+        return model_fingerprint(resolve_source(cfg.expert)), {"spec": cfg.expert}, []
+    shards.share_cores(info)
+    expert = load_model(cfg.expert, dtype=cfg.dtype, device=shards.rank_device(cfg.device, info))
+    t0 = time.perf_counter()
+    try:
+        sample_candidates(expert.model, expert.tokenizer, problems, cand_path, k=cfg.samples_per_problem,
+                          temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                          seed=cfg.seed, system_prompt=cfg.system_prompt, progress=cfg.progress, rank=info.rank,
+                          world_size=info.world_size)
+        marks = collect_candidates(cand_path, problems, cfg.samples_per_problem, info.world_size) \
+            if stage is not None else {}
+    finally:  # an interrupted run's time counts too: the resumed run adds the rest
+        if stage is not None:
+            timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - t0
+            write_json(cand_path.parent / "timings.json", timings)
+    return expert.fingerprint, expert.describe(), list(marks.values())
