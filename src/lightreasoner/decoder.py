@@ -104,8 +104,11 @@ class RowInvariant(torch.overrides.TorchFunctionMode):
 @contextlib.contextmanager
 def _attention_of(model: Any, name: str) -> Iterator[None]:
     """Run ``model`` with attention implementation ``name`` (restored afterwards)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = inner.config
+    config = next((m.config for m in model.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")),
+                  None)
+    if config is None:
+        raise ValueError(f"{type(model).__name__} has no transformers config: the decoder needs a transformers "
+                         f"causal LM")
     before = config._attn_implementation
     config._attn_implementation = name
     try:

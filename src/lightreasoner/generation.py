@@ -101,7 +101,8 @@ def stream(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     """Decode prompts (token ids) with continuous batching; yield ``(index, completion, seconds)`` as rows finish.
 
     At most ``batch_size`` rows (default: all prompts) are live. Prompts wait in a queue, longest first (the
-    cache is widest early and padding stays small; ``longest_first=False``: in the given order); whenever at
+    long ones do not trail at the end with the batch nearly empty; ``longest_first=False``: in the given order;
+    the order never changes a result); whenever at
     least ``refill`` slots are free (default ``batch_size // 8``, at least 1) the next prompts are prefilled
     together and join the batch. A row ends at an EOS id, when ``stop(ids)`` returns a stop string (checked after
     every step), or after ``max_new_tokens``. ``seconds`` is the row's share of the wall time (each forward's

@@ -303,9 +303,24 @@ def environment_info() -> dict[str, Any]:
         import torch
         info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{os.cpu_count()}"
         info["torch_threads"] = torch.get_num_threads()
+        # Kernels (so the low bits of every bf16 result) follow the processor: say which one made this output.
+        info["cpu"] = cpu_model()
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except Exception:  # pragma: no cover
         pass
     return info
+
+
+def cpu_model() -> str:
+    """The processor's model name and its matrix instruction sets (``amx_bf16``, ``avx512_bf16``) where known."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "unknown")
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    isa = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
+    return f"{name} ({', '.join(isa) or 'no avx2'})"
 
 
 @dataclass(frozen=True)
@@ -331,8 +346,8 @@ def require_single_process(command: str) -> None:
     world = dist_info().world_size
     if world > 1:
         raise InputError(f"`lightreasoner {command}` runs in one process, but it was launched with WORLD_SIZE="
-                         f"{world}; use `accelerate launch`/`torchrun` for `sample` and `train` (they share the work "
-                         f"across processes) and run `{command}` without a launcher (one process, one GPU)")
+                         f"{world}; use `accelerate launch`/`torchrun` for `sample`, `train`, `eval` and `sft` (they "
+                         f"share the work across processes) and run `{command}` without a launcher (one process, one GPU)")
 
 
 class Stopwatch:
