@@ -161,12 +161,13 @@ def training_part(part: Part, size: dict, device: torch.device, dtype: str) -> N
 
 
 def evaluation_part(part: Part, size: dict, model, device: torch.device) -> None:
-    """Greedy decoding as ``eval`` runs it, one wave of S prompts at each slot count S."""
+    """Greedy decoding as ``eval`` runs it, one wave of S prompts at each slot count S; batch invariance on this
+    device: the prompts of the first wave decode to the same completions in every wave (``same_as_first_wave``)."""
     tok = byte_tokenizer()
     T = size["eval_tokens"]
     prompts = bench_sampling.make_prompts(None, max(size["slots"]), seed=1)
     generation.generate_texts(model, tok, prompts[:2], max_new_tokens=4, batch_size=2)  # warm-up
-    last, skipped = 0.0, []
+    last, skipped, reference = 0.0, [], None
     for s in size["slots"]:
         if last and 2.0 * last > part.left():  # the next wave: at most ~2x the last (a step's cost grows slowly)
             skipped.append(s)
@@ -175,6 +176,10 @@ def evaluation_part(part: Part, size: dict, model, device: torch.device) -> None
             model, tok, prompts[:s], max_new_tokens=T, batch_size=s), device)
         new = sum(o.new_tokens for o in outs)
         steps = max(o.new_tokens for o in outs)
+        first = [o.ids for o in outs[:min(size["slots"])]]  # the prompts every wave decodes
+        same = first == reference if reference is not None else True
+        reference = first if reference is None else reference
+        part.figures[f"slots_{s}.same_as_first_wave"] = fig(float(same), "1 = identical completions")
         part.figures[f"slots_{s}.tokens_per_s"] = fig(new / secs, "tokens/s")
         part.figures[f"slots_{s}.step_time"] = fig(1000.0 * secs / steps, "ms")
         part.figures[f"slots_{s}.seconds"] = fig(secs, "s")
