@@ -178,15 +178,44 @@ class LoadedModel:
                 "vocab_rows": self.vocab_rows}
 
 
-def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(spec: str, *, trust_remote_code: bool = False, revision: str | None = None) -> Any:
+    """The tokenizer of a model spec; ``revision`` (a hub model's branch, tag or commit) only for a hub id."""
     from transformers import AutoTokenizer
 
+    check_revision(spec, revision)
     src = resolve_source(spec)
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if src.gguf_file:
         kw["gguf_file"] = src.gguf_file
+    if revision is not None:
+        kw["revision"] = revision
     with _hub_errors(src):
         return AutoTokenizer.from_pretrained(src.path, **kw)
+
+
+def revision_problem(spec: str, revision: str | None, flag: str = "--revision") -> str | None:
+    """Why ``revision`` cannot apply to ``spec`` (``None`` when it can, or when the spec itself is wrong: that is
+    reported where the spec is loaded). Only a hub model has revisions; checked before anything loads."""
+    if revision is None:
+        return None
+    if not revision.strip():
+        return f"{flag}: an empty revision; give a branch, tag or commit of the hub model, or none"
+    try:
+        kind = resolve_source(spec, prepare=False).kind
+    except InputError:
+        return None
+    if kind == "hub":
+        return None
+    what = {"embedded": "an embedded model", "gguf": "a .gguf file", "folder": "a local folder"}[kind]
+    return (f"{flag} {revision!r}: model {spec!r} is {what}, which has no revisions (a revision is a branch, tag "
+            f"or commit of a hub model); drop {flag}")
+
+
+def check_revision(spec: str, revision: str | None, flag: str = "--revision") -> None:
+    """Raise :class:`ModelSpecError` when ``revision`` cannot apply to ``spec`` (see :func:`revision_problem`)."""
+    problem = revision_problem(spec, revision, flag)
+    if problem:
+        raise ModelSpecError(problem)
 
 
 @contextmanager
@@ -204,26 +233,32 @@ def _hub_errors(src: ModelSource) -> Iterator[None]:
 
 
 def load_model(spec: str, *, dtype: str = "auto", device: str | None = None, trust_remote_code: bool = False,
-               tokenizer_spec: str | None = None) -> LoadedModel:
-    """Load a causal LM and its tokenizer from a spec (see module doc), in eval mode on ``device``."""
+               tokenizer_spec: str | None = None, revision: str | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer from a spec (see module doc), in eval mode on ``device``.
+
+    ``revision``: a branch, tag or commit of a hub model (an error for any other spec, before anything loads); the
+    tokenizer comes from the same revision unless ``tokenizer_spec`` names another source."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = check_device(device or default_device())
+    check_revision(spec, revision)  # before an embedded model is prepared
     src = resolve_source(spec)
     torch_dtype = resolve_dtype(dtype, device)
     kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if src.gguf_file:
         kw["gguf_file"] = src.gguf_file
-    logger.info("loading %s (%s) as %s on %s", spec, src.kind, str(torch_dtype).replace("torch.", ""), device)
+    revised = {"revision": revision} if revision is not None else {}
+    logger.info("loading %s%s (%s) as %s on %s", spec, f"@{revision}" if revision else "", src.kind,
+                str(torch_dtype).replace("torch.", ""), device)
     if src.kind == "hub":
         hub.require("model", spec, "pass a local folder, a .gguf file or an embedded name")
     with _hub_errors(src):
-        model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch_dtype, **kw)
+        model = AutoModelForCausalLM.from_pretrained(src.path, dtype=torch_dtype, **kw, **revised)
     if src.gguf_file:
         model.hf_quantizer = None
     model.to(device).eval()
     with _hub_errors(src):
-        tok = AutoTokenizer.from_pretrained(tokenizer_spec or src.path, **kw)
+        tok = AutoTokenizer.from_pretrained(tokenizer_spec or src.path, **kw, **({} if tokenizer_spec else revised))
     return LoadedModel(model, tok, spec, fingerprint(src, model), src)
 
 
