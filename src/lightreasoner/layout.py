@@ -302,13 +302,15 @@ SAMPLES_FILE = "samples.jsonl"
 # Input fingerprints (computed before any model loads)
 
 
-def model_input(spec: str) -> str:
+def model_input(spec: str, revision: str | None = None) -> str:
     """A model spec's fingerprint as a stage input: a stage output folder's own fingerprint (``meta.json``), else
-    the model's content fingerprint (:func:`models.fingerprint`; a hub id stands for itself)."""
+    the model's content fingerprint (:func:`models.fingerprint`; a hub id stands for itself, at ``revision`` when
+    one is given: ``hub:ID@REVISION``, so a changed revision is a changed input)."""
     from .models import fingerprint as model_fingerprint
     from .models import resolve_source
 
-    return output_fingerprint(spec) or model_fingerprint(resolve_source(spec, prepare=False))
+    found = output_fingerprint(spec) or model_fingerprint(resolve_source(spec, prepare=False))
+    return found if revision is None else f"{found.removesuffix('@unknown')}@{revision}"
 
 
 def data_input(spec: str | None) -> str:
