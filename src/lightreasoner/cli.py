@@ -34,15 +34,16 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "sft": ("lightreasoner.sft", "SFTConfig", "main", "the rejection-sampling SFT baseline"),
     "run": ("lightreasoner.pipeline", "RunConfig", "main", "everything: sample, train, merge, eval, report"),
     "report": ("lightreasoner.report", "ReportConfig", "main", "write report.md/.html for a run folder"),
-    "models": ("lightreasoner.cli", "", "models_main", "list the embedded models and whether they are ready"),
+    "models": ("lightreasoner.cli", "", "models_main",
+               "list the embedded models, which weights they are (quantization, source) and whether they are ready"),
 }
 
 
 def models_main(_cfg: object = None) -> int:
+    """``lightreasoner models``: each embedded model, its status, and which weights it is (:func:`embedded.listing`)."""
     from . import embedded
 
-    for name, m in embedded.EMBEDDED.items():
-        print(f"{name:32s} {m.role:8s} {embedded.status(name)}")
+    print("\n\n".join("\n".join(embedded.listing(name)) for name in embedded.EMBEDDED))
     return 0
 
 

@@ -17,7 +17,7 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -171,11 +171,81 @@ class LoadedModel:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
     def describe(self) -> dict[str, Any]:
+        """What a manifest records about this model: the spec and fingerprint, which weights these are (``weights``,
+        one line; ``embedded``: the embedded model's facts, :meth:`embedded.EmbeddedModel.facts`), the id other
+        tools resolve it by (``base_model``, :func:`base_model_id`), and the dtype, size and output rows."""
         return {"spec": self.spec, "fingerprint": self.fingerprint,
                 "kind": self.source.kind if self.source else "in-memory",
+                **source_facts(self.source, self.fingerprint),
                 "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "vocab_rows": self.vocab_rows}
+
+
+def weights_line(description: Mapping[str, Any]) -> str:
+    """Which weights a model description (:meth:`LoadedModel.describe`, or an older manifest's holding only
+    ``spec``) names, in one line: ``spec: what the weights are``. An embedded name is spelled out from
+    :data:`embedded.EMBEDDED`, a lightreasoner output folder by the base its meta.json names."""
+    spec = str(description.get("spec", "?"))
+    weights = description.get("weights")
+    if not weights and spec in embedded.EMBEDDED:
+        weights = embedded.EMBEDDED[spec].summary
+    if not weights and Path(spec).is_dir():
+        derived = _derived_from(Path(spec))
+        weights = _derived_text(derived) if derived else None
+    return f"{spec}: {weights}" if weights else spec
+
+
+def base_model_id(source: ModelSource) -> str:
+    """The name ``from_pretrained`` resolves this model by, anywhere: the hub id; for an embedded model the hub
+    original it derives from (its weights differ: see :mod:`.embedded`); for a folder or a ``.gguf`` file the
+    absolute path."""
+    if source.kind == "embedded":
+        return embedded.EMBEDDED[source.spec].about.hub_original
+    if source.kind == "hub":
+        return source.path
+    return str((Path(source.path) / (source.gguf_file or "")).resolve())
+
+
+def source_facts(source: ModelSource | None, fingerprint: str = "") -> dict[str, Any]:
+    """``base_model`` (:func:`base_model_id`), ``weights`` (which weights, in one line) and, for an embedded
+    model, ``embedded`` (its facts); for a folder written by ``lightreasoner merge`` or ``train --full``,
+    ``derived_from`` (the base model its meta.json names)."""
+    if source is None:
+        return {"weights": "a model built in memory"}
+    out: dict[str, Any] = {"base_model": base_model_id(source)}
+    if source.kind == "embedded":
+        facts = embedded.EMBEDDED[source.spec].facts()
+        return {**out, "weights": facts["summary"], "embedded": facts}
+    if source.kind == "hub":
+        commit = fingerprint.rsplit("@", 1)[-1] if fingerprint.startswith("hub:") else "unknown"
+        return {**out, "weights": "from the Hugging Face hub" + (f" at commit {commit}" if commit != "unknown"
+                                                                  else "")}
+    if source.kind == "gguf":
+        return {**out, "weights": "a GGUF file, dequantized by transformers' GGUF loader"}
+    derived = _derived_from(Path(source.path))
+    if derived is None:
+        return {**out, "weights": "a checkpoint folder"}
+    return {**out, "derived_from": derived, "weights": _derived_text(derived)}
+
+
+def _derived_from(folder: Path) -> dict[str, Any] | None:
+    """The base model a lightreasoner merge (or full fine-tuning) output names in its meta.json, else ``None``."""
+    from .layout import read_meta
+
+    try:
+        meta = read_meta(folder)
+    except (OSError, ValueError):
+        return None
+    expert = meta.get("expert") if isinstance(meta, dict) else None
+    if not isinstance(expert, dict) or meta.get("stage") not in ("merge", "train"):
+        return None
+    return {"stage": meta["stage"], "spec": expert.get("spec"), "base_model": expert.get("base_model"),
+            "weights": weights_line(expert)}
+
+
+def _derived_text(derived: Mapping[str, Any]) -> str:
+    return f"a checkpoint folder written by lightreasoner {derived['stage']} from {derived['weights']}"
 
 
 def load_tokenizer(spec: str, *, trust_remote_code: bool = False, revision: str | None = None) -> Any:

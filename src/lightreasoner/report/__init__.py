@@ -3,6 +3,8 @@
 Reads what ``lightreasoner run`` writes into ``RUN_DIR`` (:class:`layout.RunLayout`; :mod:`.data`) and builds,
 section by section (:mod:`.sections`, :mod:`.steps`):
 
+- which weights sampling used and each evaluation measured (:mod:`.naming`: an embedded model's quantization,
+  source and hub original spelled out; a merged model named with the base it was merged from);
 - the stage times (each stage folder's ``meta.json`` ``seconds``);
 - the paper's efficiency table: total time (sampling + training), sampled problems, tuned tokens and average
   accuracy gain, for LightReasoner and (when present) the SFT baseline;

@@ -19,6 +19,7 @@ from ..benchmarks import ALL_BENCHMARKS
 from ..utils import read_complete_jsonl
 from .data import RUN_NAMES, RunData, eval_accuracies, lightreasoner_costs, sft_costs
 from .document import Doc, fmt, fmt_ci, fmt_duration, fmt_int, fmt_p, fmt_ratio, fmt_signed, shorten
+from .naming import evaluated_models, sampled_models
 from .plots import plot_accuracy, plot_perplexity, plot_training_loss
 from .steps import section_kept_steps, section_sampling
 
@@ -43,12 +44,7 @@ def section_overview(doc: Doc, data: RunData, figdir: Path, opts: Options) -> No
     doc.heading(1, f"LightReasoner run report: {data.run_dir.name}")
     facts = [f"run folder: `{data.run_dir}`"]
     meta = data.sample_meta or {}
-    expert = data.config_value("expert") or (meta.get("expert") or {}).get("spec")
-    amateur = data.config_value("amateur") or (meta.get("amateur") or {}).get("spec")
-    if expert:
-        facts.append(f"expert: `{expert}`")
-    if amateur:
-        facts.append(f"amateur: `{amateur}`")
+    facts += sampled_models(data)  # which weights: an embedded model's quantization and source spelled out
     for name in ("alpha", "beta", "max_new_tokens"):
         v = data.sample_setting(name)
         if v is not None:
@@ -121,7 +117,8 @@ def section_accuracy(doc: Doc, data: RunData, figdir: Path, opts: Options) -> No
     rows.append(["**average**"] + [fmt(means[n], 1) for n in names])
     doc.table(["benchmark"] + [f"{RUN_NAMES[n]} (n)" for n in names], rows)
     doc.para("Accuracy: zero-shot greedy pass@1 in percent, graded like the Qwen2.5-Math toolkit; the average is "
-             "the plain mean over benchmarks.")
+             "the plain mean over benchmarks. The weights each evaluation measured:")
+    doc.bullets(evaluated_models(data))
     uneven = [f"{b} ({', '.join(f'{RUN_NAMES[n]} {accs[n][b][1]}' for n in names if b in accs[n])})"
               for b in benches if len({accs[n][b][1] for n in names if b in accs[n]}) > 1]
     if uneven:
