@@ -1,5 +1,6 @@
 """``lightreasoner merge``: fold a LoRA adapter (from ``lightreasoner train``) into the expert and write a standalone
-safetensors model with its tokenizer and chat template, whose outputs equal base + adapter.
+safetensors model with its tokenizer, chat template and model card (``README.md``, :mod:`.modelcard`), whose outputs
+equal base + adapter.
 
 The fold itself is :func:`adapters.merge_adapter` (float32, then each tensor's own dtype); the stage checks the
 adapter was trained on this expert (its ``summary.json``), saves in the base checkpoint's own dtype by default,
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import embedded, layout, models
+from . import embedded, layout, modelcard, models
 from .adapters import merge_adapter, stored_dtype
 from .checkpoint import fsync_file
 from .config import option, to_dict
@@ -85,10 +86,14 @@ def _merge(cfg: MergeConfig, adapter: Path, stage: layout.StageRun) -> int:
     stage.start()
     merged.save_pretrained(out)
     loaded.tokenizer.save_pretrained(out)
+    expert, dtype_name = loaded.describe(), str(dtype).replace("torch.", "")
+    settings, data = modelcard.adapter_facts(adapter)  # the card: the adapter's training settings and data
+    modelcard.write(out, modelcard.Card("merged", expert, {**settings, "merged_dtype": dtype_name}, data,
+                                        folder=cfg.output))
     for f in out.iterdir():
         if f.is_file():
             fsync_file(f)
     stage.finish(config=to_dict(cfg), counts={"parameters": sum(p.numel() for p in merged.parameters())},
-                 extra={"expert": loaded.describe(), "dtype": str(dtype).replace("torch.", "")})
+                 extra={"expert": expert, "dtype": dtype_name})
     logger.info("merged %s + %s -> %s (%s)", cfg.expert, cfg.adapter, out, str(dtype).replace("torch.", ""))
     return 0

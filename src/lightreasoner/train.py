@@ -5,7 +5,8 @@ authors' per-step rows, manifest and label checks), updates are planned and pack
 per trajectory, logits only at kept steps, KL to the soft label), and the loop runs them (:mod:`.training`: LoRA
 or full, accelerate, exact resume, metrics). This module turns the command's flags into a
 :class:`training.TrainParams` (:func:`train_params`), checks the samples belong to the expert before the model
-loads, and marks the output folder done (``meta.json`` last, :class:`layout.StageRun`).
+loads, names the adapter's base as PEFT and the hub resolve it and writes its model card (:mod:`.modelcard`), and
+marks the output folder done (``meta.json`` last, :class:`layout.StageRun`).
 
 Distributed: ``accelerate launch [--config_file configs/accelerate/ddp.yaml] -m lightreasoner train ...``
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint as ck
-from . import embedded, layout, models
+from . import embedded, layout, modelcard, models
 from .config import flag, option, to_dict
 from .prompts import DEFAULT_SYSTEM_PROMPT
 from .trajectories import MAX_LENGTH, check_label_range, check_manifest, load_training_examples
@@ -170,7 +171,19 @@ def _train_stage(cfg: TrainConfig, params: TrainParams, acc: Any, src: models.Mo
     if not summary.get("finished", True):
         return 0 if cfg.stop_after else 1
     if acc.is_main_process:
+        expert = loaded.describe()
+        write_card(cfg, expert, stage.identity)
         stage.finish(config=to_dict(cfg), counts={k: summary.get(k) for k in (
             "updates", "tuned_tokens", "trajectories", "kept_steps_in_data", "forward_tokens")},
-            extra={"expert": loaded.describe(), "train_time_s": summary.get("train_time_s")})
+            extra={"expert": expert, "train_time_s": summary.get("train_time_s")})
     return 0
+
+
+def write_card(cfg: TrainConfig, expert: dict, ident: dict) -> None:
+    """Name the adapter's base as PEFT and the hub resolve it (:func:`modelcard.set_adapter_base`) and write the
+    model card (the settings: the stage's identity; the data: the samples' manifest), before meta.json."""
+    if not cfg.full:
+        modelcard.set_adapter_base(cfg.output, expert)
+    data = modelcard.training_data(cfg.samples, ident["inputs"].get("samples"))
+    modelcard.write(cfg.output, modelcard.Card("full" if cfg.full else "adapter", expert, ident["settings"], data,
+                                               folder=cfg.output))

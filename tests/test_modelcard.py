@@ -1,0 +1,126 @@
+"""Adapters and merged models load with the usual one-liners and carry a real model card (issue 15)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightreasoner import merge as mg
+from lightreasoner import modelcard, models, stats
+from lightreasoner import train as tr
+from lightreasoner.config import resolve
+from lightreasoner.embedded import DEFAULT_EXPERT, EMBEDDED
+
+from test_train import cfg, make_records, write_jsonl
+
+DATA_HASH = "shipped:gsm8k:sha256:" + "4" * 64
+SAMPLES_FP = "sha256:" + "5" * 64
+
+
+def sample_folder(tmp_path: Path, tokenizer, expert_dir: str) -> Path:
+    """A samples file with the meta.json `lightreasoner sample` writes beside it (problems: the shipped GSM8K)."""
+    folder = tmp_path / "sample"
+    folder.mkdir()
+    records = make_records(tokenizer)
+    path = write_jsonl(folder / "samples.jsonl", records)
+    meta = {"stage": "sample", "fingerprint": SAMPLES_FP, "samples": path.name, "complete": True,
+            "identity": {"stage": "sample", "settings": {}, "inputs": {"data": DATA_HASH}},
+            "config": {"data": "gsm8k", "max_problems": len(records), "alpha": 0.2, "beta": 0.4},
+            "counts": {"problems": len(records), "steps": 144, "kept_steps": 30},
+            "expert": {"spec": expert_dir, "fingerprint": models.fingerprint(models.resolve_source(expert_dir))},
+            "amateur": {"spec": "qwen2.5-coder-0.5b-instruct"}}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return path
+
+
+def fake_eval(folder: Path, right: list[bool]) -> Path:
+    """An evaluation folder: per-problem records and the summary `lightreasoner eval` writes."""
+    folder.mkdir(parents=True)
+    (folder / "gsm8k.jsonl").write_text("".join(json.dumps({"id": str(i), "correct": r}) + "\n"
+                                                for i, r in enumerate(right)))
+    n, c = len(right), sum(right)
+    summary = {"benchmarks": {"gsm8k": {"n": n, "correct": c, "accuracy": round(100 * c / n, 1),
+                                        "accuracy_ci95": stats.accuracy_ci(c, n)}},
+               "model": str(folder), "dtype": "float32"}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_adapter_loads_with_auto_peft_and_equals_the_merged_model(tmp_path, model_dirs, tokenizer):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    expert_dir = model_dirs[0]
+    samples = sample_folder(tmp_path, tokenizer, expert_dir)
+    out, merged_dir = tmp_path / "train", tmp_path / "merge"
+    assert tr.main(cfg(tmp_path, samples=str(samples), expert=expert_dir, output=str(out))) == 0
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(Path(expert_dir).resolve())  # a local base: its absolute path
+    assert mg.merge_main(resolve(mg.MergeConfig, cli=dict(expert=expert_dir, adapter=str(out),
+                                                          output=str(merged_dir)))) == 0
+
+    tuned = AutoPeftModelForCausalLM.from_pretrained(str(out)).eval()  # offline (conftest: HF_HUB_OFFLINE=1)
+    merged = AutoModelForCausalLM.from_pretrained(str(merged_dir)).eval()
+    base = AutoModelForCausalLM.from_pretrained(expert_dir).eval()
+    ids = torch.randint(0, 256, (2, 19), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b, c = (m(input_ids=ids).logits for m in (tuned, merged, base))
+    assert a.dtype == b.dtype == torch.float32
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert (a - c).abs().max() > 1e-4  # the adapter was applied: not the base model's logits
+
+    text = (out / modelcard.CARD).read_text()
+    card = modelcard.read_front_matter(out / modelcard.CARD)
+    assert card["base_model"] == config["base_model_name_or_path"] and card["library_name"] == "peft"
+    assert {"lightreasoner", "lora"} <= set(card["tags"]) and card["datasets"] == ["openai/gsm8k"]
+    assert "https://arxiv.org/abs/2510.07962" in text and "AutoPeftModelForCausalLM.from_pretrained(" in text
+    for row in ("| lora_r | 8 |", "| lr | 0.01 |", "| steps_per_update | 6 |", "| lora_targets | q_proj, v_proj |"):
+        assert row in text  # the stage's resolved settings
+    assert DATA_HASH in text and SAMPLES_FP in text and "6 problems from `gsm8k`" in text
+    assert "Not evaluated yet" in text
+
+    mtext = (merged_dir / modelcard.CARD).read_text()
+    mcard = modelcard.read_front_matter(merged_dir / modelcard.CARD)
+    assert mcard["library_name"] == "transformers" and mcard["base_model"] == card["base_model"]
+    assert "| merged_dtype | float32 |" in mtext and "| lora_r | 8 |" in mtext and DATA_HASH in mtext
+
+    # Once evaluations exist, the card is rewritten with the measured accuracies and their intervals.
+    base_eval = fake_eval(tmp_path / "eval" / "base", [i < 3 for i in range(10)])
+    tuned_eval = fake_eval(tmp_path / "eval" / "tuned", [i < 7 for i in range(10)])
+    assert modelcard.refresh(out, modelcard.eval_results(tuned_eval, base_eval)) == out / modelcard.CARD
+    text = (out / modelcard.CARD).read_text()
+    lo, hi = stats.accuracy_ci(7, 10)
+    assert f"| tuned | gsm8k | 10 | 7 | 70.0 | {lo:.1f} .. {hi:.1f} |" in text and "Not evaluated yet" not in text
+    d_lo, d_hi = stats.paired_change_ci(0, 4, 10)
+    assert f"| gsm8k | 10 | +40.0 | {d_lo:+.1f} .. {d_hi:+.1f} |" in text
+    assert modelcard.read_front_matter(out / modelcard.CARD) == card and "| lora_r | 8 |" in text
+
+
+def test_an_embedded_base_is_named_by_its_hub_original_and_the_card_says_so(tmp_path):
+    m = EMBEDDED[DEFAULT_EXPERT]
+    base = {"spec": DEFAULT_EXPERT, "fingerprint": "sha256:" + m.sha256, "kind": "embedded",
+            **models.source_facts(models.ModelSource(DEFAULT_EXPERT, "embedded", str(tmp_path)))}
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": DEFAULT_EXPERT}))
+    assert modelcard.set_adapter_base(tmp_path, base) == "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+    modelcard.write(tmp_path, modelcard.Card("adapter", base, {"lora_r": 8}, {"samples": "s.jsonl"}))
+    text = (tmp_path / modelcard.CARD).read_text()
+    card = modelcard.read_front_matter(tmp_path / modelcard.CARD)
+    assert card["base_model"] == "Qwen/Qwen2.5-Coder-1.5B-Instruct" and "datasets" not in card
+    assert "embedded variant" in text and "Q4_K_M" in text and m.sha256 in text and m.package_spec in text
+    assert "untied" in text and "none declared" in text and f"--model {DEFAULT_EXPERT}" in text
+
+    hub = {"spec": "org/model", "kind": "hub", "fingerprint": "hub:org/model@abc123",
+           **models.source_facts(models.ModelSource("org/model", "hub", "org/model"), "hub:org/model@abc123")}
+    assert modelcard.set_adapter_base(tmp_path, hub) == "org/model"
+    written = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert written["base_model_name_or_path"] == "org/model" and written["revision"] == "abc123"
+
+
+def test_a_card_of_an_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="card kind 'lora'"):
+        modelcard.render(modelcard.Card("lora", {"spec": "x"}, {}))
