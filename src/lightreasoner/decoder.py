@@ -135,7 +135,7 @@ class Plan:
 
 
 class SlotCache:
-    """Keys and values per layer, ``[slots, kv_heads, width, head_dim]``, row ``j`` of the batch at slot ``j``.
+    """Keys and values per layer, ``[slots, kv_heads, width, head_dim]`` in float32, row ``j`` at slot ``j``.
 
     Duck-types the one method a transformers attention layer calls (``update``): it stores the forward's fresh
     keys/values at each token's ``(slot, position)`` (``self.write``, set per forward) and returns them unchanged;
@@ -168,10 +168,10 @@ class SlotCache:
             s, w = getattr(self, "_want", (int(slots.max()) + 1, int(pos.max()) + 1))
             w = -(-w // _GROW) * _GROW
             shape = (s, key_states.shape[1], w, key_states.shape[3])
-            self.keys.append(key_states.new_zeros(shape))
-            self.values.append(value_states.new_zeros(shape))
-        self.keys[layer_idx][slots, :, pos] = key_states[0, :, :n].transpose(0, 1)
-        self.values[layer_idx][slots, :, pos] = value_states[0, :, :n].transpose(0, 1)
+            self.keys.append(key_states.new_zeros(shape, dtype=torch.float32))
+            self.values.append(value_states.new_zeros(shape, dtype=torch.float32))
+        self.keys[layer_idx][slots, :, pos] = key_states[0, :, :n].transpose(0, 1).float()
+        self.values[layer_idx][slots, :, pos] = value_states[0, :, :n].transpose(0, 1).float()
         return key_states, value_states
 
     @torch.inference_mode()
@@ -230,8 +230,9 @@ def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                       lengths: torch.Tensor, scaling: float | None, window: int | None) -> torch.Tensor:
     """One query per row over its slot's first ``lengths[j]`` keys: ``q [B, Hq, D]`` -> ``[B, Hq, D]``.
 
-    Rows sit at slots ``0..S-1`` (``slots`` a permutation of them); the products run over ``CHUNK``-column blocks
-    so their shapes, hence their bits, do not depend on the batch's widest row.
+    Rows sit at slots ``0..S-1`` (``slots`` a permutation of them). In float32 throughout (the cache keeps
+    float32 copies of the keys and values: scores rounded to bf16 would blunt the softmax); the value products
+    run over ``CHUNK``-column blocks so their shapes, hence their bits, do not depend on the batch's widest row.
     """
     b, hq, d = q.shape
     s, hkv = keys.shape[0], keys.shape[1]
@@ -240,19 +241,19 @@ def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     order[slots] = torch.arange(b, device=slots.device)  # slot -> row
     live = min(s, int(slots.max()) + 1)
     assert live == b, "decoding rows must fill slots 0..B-1"
-    qg = q[order].reshape(b, hkv, hq // hkv, d)
+    qg = q[order].reshape(b, hkv, hq // hkv, d).float()
     k, v = keys[:b, :, :width], values[:b, :, :width]
-    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * (scaling if scaling is not None else d ** -0.5)
+    scores = torch.matmul(qg, k.transpose(-1, -2)) * (scaling if scaling is not None else d ** -0.5)
     cols = torch.arange(width, device=q.device)
     n = lengths[order]
     masked = cols[None, :] >= n[:, None]
     if window is not None:
         masked |= cols[None, :] < (n - window)[:, None]
     scores.masked_fill_(masked[:, None, None, :], float("-inf"))
-    p = torch.softmax(scores, dim=-1).to(v.dtype)
-    acc = torch.zeros((b, hkv, hq // hkv, d), dtype=torch.float32, device=q.device)
-    for c in range(0, width, CHUNK):
-        acc += torch.matmul(p[..., c:c + CHUNK], v[:, :, c:c + CHUNK]).float()
+    p = torch.softmax(scores, dim=-1)
+    acc = torch.matmul(p[..., :CHUNK], v[:, :, :CHUNK])
+    for c in range(CHUNK, width, CHUNK):
+        acc += torch.matmul(p[..., c:c + CHUNK], v[:, :, c:c + CHUNK])
     return acc.to(q.dtype).reshape(b, hq, d)[slots]
 
 
