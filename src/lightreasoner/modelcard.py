@@ -156,8 +156,9 @@ def render(card: Card) -> str:
 
 def _base_section(card: Card) -> list[str]:
     b = card.base
-    out = ["## Base model", "", f"- base: `{b.get('base_model') or b.get('spec')}` (given as `{b.get('spec')}`)",
-           f"- weights trained on: {models.weights_line(b)}"]
+    name = b.get("base_model") or b.get("spec")
+    given = f" (given as `{b.get('spec')}`)" if b.get("spec") != name else ""
+    out = ["## Base model", "", f"- base: `{name}`{given}", f"- weights trained on: {models.weights_line(b)}"]
     facts = b.get("embedded")
     if isinstance(facts, dict):
         gguf = facts["gguf"]
@@ -167,7 +168,7 @@ def _base_section(card: Card) -> list[str]:
                 f"{facts.get('package_spec') or facts['packages'][0]}, converted to {facts['converted_to']}. How they "
                 f"differ from the original:", ""] + [f"- {d}" for d in facts["differs_from_original"]]
         reuse = (f"The adapter's tensors fit {facts['hub_original']} (same shapes), which is why the base is named "
-                 f"so, but the results below were measured on the variant; to reproduce them, use `lightreasoner "
+                 f"so, but any results below were measured on the variant; to reproduce them, use `lightreasoner "
                  f"eval --model {facts['name']} --adapter FOLDER`." if card.kind == "adapter" else
                  f"These weights are the variant's, tuned ({facts['hub_original']} is named as the base it derives "
                  f"from).")
