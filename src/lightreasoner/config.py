@@ -16,6 +16,13 @@ it is spelled ``none``. Non-finite numbers are refused everywhere.
 Field metadata (see :func:`option`): ``required`` (the stage command needs it; under ``run`` the run fills it),
 ``run_sets`` (under ``run`` the run sets it from its own options, so a section may not), ``result`` (whether the
 value can change the stage's output: only those enter a stage's fingerprint), ``saved`` (kept in a saved config).
+
+A config built in Python (``TrainConfig(lr=-1)``) is checked on construction as the command line is: the stage
+configs derive from :class:`Checked`, whose ``__post_init__`` coerces the values and raises one
+:class:`ConfigError` with every problem, worded as the command line words it. A field whose default is none (a
+required one such as ``output``, or one ``run`` fills) may still be none then: the stage function requires it
+(``check(cfg, complete=True)``, :mod:`.api`). The resolver and ``run`` build configs inside :func:`unchecked` and
+check the whole at the end.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import contextlib
 import contextvars
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -33,10 +41,12 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import yaml
 
+from .utils import InputError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """One or more configuration problems; the message lists all of them."""
 
     def __init__(self, problems: Iterable[str], source: str | None = None):
@@ -103,6 +113,7 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+@functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -231,7 +242,8 @@ def _collect(cls: type, yaml_values: Mapping[str, Any], cli: Mapping[str, Any], 
             if f is None or (nested and f.metadata.get("run_sets")):
                 if f is not None:
                     problems.append(f"{flag(name)} is set by `run` from its own options (--output, --expert, "
-                                    f"--amateur, --data, --dtype, --device, --seed); set it there")
+                                    f"--amateur, --expert-revision, --amateur-revision, --data, --dtype, --device, "
+                                    f"--seed); set it there")
                     continue
                 close = difflib.get_close_matches(name, sorted(fields), n=3, cutoff=0.7)
                 hint = f" (did you mean {', '.join(flag(c) for c in close)}?)" if close else ""
@@ -259,20 +271,92 @@ def resolve(cls: type[T], *, yaml_values: Mapping[str, Any] | None = None, cli: 
     only whole once the run has filled it in).
     """
     problems: list[str] = []
-    values = _collect(cls, yaml_values or {}, cli or {}, False, problems)
-    bad = {p.split(":")[0].split(" ")[0] for p in problems}
-    missing = [f for f in dataclasses.fields(cls) if (f.metadata.get("required") and values.get(f.name) is None)
-               or (f.name not in values and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING)]
-    problems += [f"{flag(f.name)} is required" for f in missing]
-    cfg = None
-    if not missing:
-        cfg = cls(**values)
-        # Validate what did parse too, so every problem is reported in one go; skip flags already reported.
-        problems += [p for p in getattr(cfg, "validate", lambda: [])() if p.split(" ")[0] not in bad]
+    with unchecked():  # checked here as a whole, once every value is in
+        values = _collect(cls, yaml_values or {}, cli or {}, False, problems)
+        bad = {p.split(":")[0].split(" ")[0] for p in problems}
+        missing = [f for f in dataclasses.fields(cls) if (f.metadata.get("required") and values.get(f.name) is None)
+                   or (f.name not in values and f.default is dataclasses.MISSING
+                       and f.default_factory is dataclasses.MISSING)]
+        problems += [f"{flag(f.name)} is required" for f in missing]
+        cfg = None
+        if not missing:
+            cfg = cls(**values)
+            # Validate what did parse too, so every problem is reported in one go; skip flags already reported.
+            problems += [p for p in getattr(cfg, "validate", lambda: [])() if p.split(" ")[0] not in bad]
     if problems:
         raise ConfigError(problems, source)
     return cfg  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checked on construction (configs built in Python)
+
+
+_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("checked_on_construction", default=True)
+
+
+@contextlib.contextmanager
+def unchecked() -> Iterator[None]:
+    """Build configs inside the block without checking each on construction (the resolver checks the whole once
+    every value is in; ``run`` checks its sections under their own flag names)."""
+    token = _CHECKED.set(False)
+    try:
+        yield
+    finally:
+        _CHECKED.reset(token)
+
+
+class Checked:
+    """Base of a stage config: checked on construction (:func:`check`) unless built inside :func:`unchecked`."""
+
+    def __post_init__(self) -> None:
+        if _CHECKED.get():
+            check(self)
+
+
+def _later(cfg: Any) -> set[str]:
+    """The flags of the fields still none whose default is none: a required option or one ``run`` fills, given
+    when the stage runs, not necessarily on construction."""
+    return {flag(f.name) for f in dataclasses.fields(cfg) if f.default is None and getattr(cfg, f.name) is None}
+
+
+def check(cfg: Any, *, complete: bool = False) -> None:
+    """Coerce ``cfg``'s values as the command line does (``"1e-4"`` -> 1e-4, a list -> a tuple) and raise one
+    :class:`ConfigError` with every problem: a type, a choice, the config's own ``validate()``. Fields in
+    :func:`_later` are not problems yet, unless ``complete`` (the stage is about to run): then a required one
+    still none is."""
+    problems: list[str] = []
+    types_ = _field_types(type(cfg))
+    later = _later(cfg)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_config(types_[f.name]) and isinstance(value, Mapping):  # a section as a mapping: sample={"beta": 1}
+            with unchecked():
+                value = types_[f.name](**{k.replace("-", "_"): v for k, v in value.items()})
+            with flag_prefix(_PREFIX.get() + f.name + "."):
+                try:
+                    check(value)
+                except ConfigError as e:
+                    problems += e.problems
+            object.__setattr__(cfg, f.name, value)
+        if is_config(types_[f.name]) or flag(f.name) in later:
+            continue
+        try:
+            object.__setattr__(cfg, f.name, _coerce(value, types_[f.name], flag(f.name)))
+        except ValueError as e:
+            problems.append(str(e))
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            object.__setattr__(cfg, f.name, default)  # so validate() sees a value of the right type
+    _check_choices(type(cfg), {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, problems)
+    if complete:
+        problems += [f"{flag(f.name)} is required" for f in dataclasses.fields(cfg)
+                     if f.metadata.get("required") and getattr(cfg, f.name) is None]
+    skip = {p.split(":")[0].split(" ")[0] for p in problems} | (set() if complete else later)
+    with unchecked():  # a config validating its sections (run) builds them; they are checked here, not there
+        own = getattr(cfg, "validate", lambda: [])()
+    problems += [p for p in own if p.split(":")[0].split(" ")[0] not in skip]
+    if problems:
+        raise ConfigError(problems)
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:

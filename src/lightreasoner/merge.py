@@ -18,14 +18,15 @@ import torch
 from . import embedded, layout, modelcard, models
 from .adapters import merge_adapter, stored_dtype
 from .checkpoint import fsync_file
-from .config import option, to_dict
+from .api import expose
+from .config import Checked, flag, option, to_dict
 from .utils import InputError, read_json, writes_output
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class MergeConfig:
+class MergeConfig(Checked):
     """Merge a LoRA adapter (from `lightreasoner train`) into the expert: a standalone safetensors model with its
     tokenizer and chat template, whose outputs equal base + adapter."""
 
@@ -33,6 +34,8 @@ class MergeConfig:
     output: str = option(help="folder for the merged model", result=False)
     expert: str = option(embedded.DEFAULT_EXPERT, help="the base model the adapter was trained on (same forms as "
                                                        "for train)", run_sets=True)
+    expert_revision: str | None = option(None, help="branch, tag or commit of a hub --expert (none: its main "
+                                                    "branch)", run_sets=True, result=False)  # in its fingerprint
     dtype: str = option("auto", help="dtype to save (auto: the base checkpoint's own dtype); the merge itself is "
                                      "computed in float32", choices=models.DTYPES)
     force: bool = option(False, help="merge even if the adapter was trained on another expert (warns)",
@@ -41,12 +44,16 @@ class MergeConfig:
     rerun: bool = option(False, help="redo the merge when --output holds one of other inputs (it is deleted)",
                          result=False, saved=False, run_sets=True)
 
+    def validate(self) -> list[str]:
+        revision = models.revision_problem(self.expert, self.expert_revision, flag("expert_revision"))
+        return [revision] if revision else []
+
 
 def merge_identity(cfg: MergeConfig, **inputs: str) -> dict:
     """The merge stage's identity: the adapter's training stage (or the adapter files) and the expert."""
     found = {"adapter": lambda: layout.output_fingerprint(cfg.adapter) or layout.fingerprint(
                  {p.name: layout.file_hash(p) for p in sorted(Path(cfg.adapter).glob("adapter_*"))}),
-             "expert": lambda: layout.model_input(cfg.expert)}
+             "expert": lambda: layout.model_input(cfg.expert, cfg.expert_revision)}
     return layout.stage_identity("merge", cfg, {k: inputs.get(k) or f() for k, f in found.items()})
 
 
@@ -68,7 +75,8 @@ def merge_main(cfg: MergeConfig) -> int:
 
 
 def _merge(cfg: MergeConfig, adapter: Path, stage: layout.StageRun) -> int:
-    loaded = models.load_model(cfg.expert, dtype="float32", device="cpu", trust_remote_code=cfg.trust_remote_code)
+    loaded = models.load_model(cfg.expert, dtype="float32", device="cpu", trust_remote_code=cfg.trust_remote_code,
+                               revision=cfg.expert_revision)
     trained_on = None
     if (adapter / "summary.json").is_file():
         trained_on = (read_json(adapter / "summary.json").get("expert") or {}).get("fingerprint")
@@ -97,3 +105,6 @@ def _merge(cfg: MergeConfig, adapter: Path, stage: layout.StageRun) -> int:
                  extra={"expert": expert, "dtype": dtype_name})
     logger.info("merged %s + %s -> %s (%s)", cfg.expert, cfg.adapter, out, str(dtype).replace("torch.", ""))
     return 0
+
+
+expose(__name__, MergeConfig, merge_main, command="merge")  # lightreasoner.merge(cfg) runs the stage (see .api)

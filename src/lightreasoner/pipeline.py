@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import evaluate, layout, merge, report, sample, sft, train
+from .api import StageOutput, call, expose
 from .evaluate import EvalConfig
 from .report import ReportConfig
 from .sample import SampleConfig
@@ -28,7 +29,7 @@ from .sft import SFTConfig
 from .merge import MergeConfig
 from .train import TrainConfig
 from .benchmarks import data_inputs, load_benchmark
-from .config import flag_prefix, option, to_dict, to_yaml
+from .config import Checked, flag, flag_prefix, option, to_dict, to_yaml
 from .embedded import DEFAULT_AMATEUR, DEFAULT_EXPERT
 from .prompts import DEFAULT_SYSTEM_PROMPT
 from .utils import InputError, atomic_write, write_json, writes_output
@@ -39,7 +40,7 @@ DEFAULT_CONFIG = "embedded"  # the config `run` reads when no --config is given 
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Checked):
     """Run LightReasoner end to end: sample, train, merge, evaluate the base and the tuned expert, report.
 
     Every option of a stage command is also an option here as --STAGE.FLAG (--sample.beta 0.6, --train.lr 5e-5,
@@ -55,6 +56,12 @@ class RunConfig:
                          result=False)
     expert: str = option(DEFAULT_EXPERT, "expert model: embedded name, .gguf file, checkpoint folder or hub id")
     amateur: str = option(DEFAULT_AMATEUR, "amateur model (same forms)")
+    expert_revision: str | None = option(None, "branch, tag or commit of a hub --expert, for every stage that "
+                                               "loads it (none: its main branch)", result=False)
+    amateur_revision: str | None = option(None, "branch, tag or commit of a hub --amateur", result=False)
+    trust_remote_code: bool = option(False, "allow the models' repositories to run their own code, in every stage "
+                                            "(a section's own --STAGE.trust-remote-code allows it there only)",
+                                     result=False)
     data: str = option("gsm8k", "training problems: file, toolkit folder, hub id, gsm8k (the shipped GSM8K "
                                 "train set) or generated (the built-in generator)")
     dtype: str = option("auto", "model dtype of every stage", choices=("auto", "float32", "bfloat16", "float16"))
@@ -75,11 +82,18 @@ class RunConfig:
 
     def validate(self) -> list[str]:
         """Each section as ``run`` fills it in, validated under its own flag names (``--sample.beta``)."""
+        from .models import revision_problem
+
         problems = [] if self.perplexity_problems >= 0 else [
             f"--perplexity-problems must be >= 0, got {self.perplexity_problems}"]
+        problems += [p for p in (revision_problem(self.expert, self.expert_revision, flag("expert_revision")),
+                                 revision_problem(self.amateur, self.amateur_revision, flag("amateur_revision"))) if p]
         for section, stage_cfg in sections(self).items():
             with flag_prefix(section + "."):
-                problems += stage_cfg.validate() if hasattr(stage_cfg, "validate") else []
+                run_set = {flag(f.name) for f in dataclasses.fields(stage_cfg) if f.metadata.get("run_sets")}
+                own = stage_cfg.validate() if hasattr(stage_cfg, "validate") else []
+                # what the run sets is checked above, under the run's own flags
+                problems += [p for p in own if p.split(":")[0].split(" ")[0] not in run_set]
         return problems
 
 
@@ -88,19 +102,32 @@ def sections(cfg: RunConfig) -> dict[str, Any]:
     amateur, data, dtype, device, seed, rerun) over the section's (the evaluation's model is filled per model)."""
     L = layout.RunLayout(cfg.output)
     shared = {"dtype": cfg.dtype, "device": cfg.device, "rerun": cfg.rerun}
+    expert = {"expert": cfg.expert, "expert_revision": cfg.expert_revision}
+
+    def remote(section: Any) -> dict[str, bool]:  # the run's --trust-remote-code, or the section's own
+        return {"trust_remote_code": cfg.trust_remote_code or section.trust_remote_code}
+
     return {
-        "sample": dataclasses.replace(cfg.sample, output=str(L.samples), expert=cfg.expert, amateur=cfg.amateur,
-                                      data=cfg.data, **shared),
-        "train": dataclasses.replace(cfg.train, samples=str(L.samples), output=str(L.train), expert=cfg.expert,
-                                     dtype=cfg.dtype, seed=cfg.seed, rerun=cfg.rerun),
-        "merge": dataclasses.replace(cfg.merge, adapter=str(L.train), output=str(L.merge), expert=cfg.expert,
-                                     rerun=cfg.rerun),
-        "eval": dataclasses.replace(cfg.eval, model=cfg.expert, output=str(L.eval("base")), seed=cfg.seed,
-                                    compare=None, **shared),
-        "sft": dataclasses.replace(cfg.sft, output=str(L.sft), expert=cfg.expert, data=cfg.data, seed=cfg.seed,
-                                   **shared),
+        "sample": dataclasses.replace(cfg.sample, output=str(L.samples), **expert, amateur=cfg.amateur,
+                                      amateur_revision=cfg.amateur_revision, data=cfg.data, **shared,
+                                      **remote(cfg.sample)),
+        "train": dataclasses.replace(cfg.train, samples=str(L.samples), output=str(L.train), **expert,
+                                     dtype=cfg.dtype, seed=cfg.seed, rerun=cfg.rerun, **remote(cfg.train)),
+        "merge": dataclasses.replace(cfg.merge, adapter=str(L.train), output=str(L.merge), **expert,
+                                     rerun=cfg.rerun, **remote(cfg.merge)),
+        "eval": dataclasses.replace(cfg.eval, output=str(L.eval("base")), seed=cfg.seed, compare=None, **shared,
+                                    **eval_model(cfg, cfg.expert, cfg.expert_revision)),
+        "sft": dataclasses.replace(cfg.sft, output=str(L.sft), **expert, data=cfg.data, seed=cfg.seed, **shared,
+                                   **remote(cfg.sft)),
         "report": dataclasses.replace(cfg.report, run_dir=str(L.root)),
     }
+
+
+def eval_model(cfg: RunConfig, spec: str, revision: str | None) -> dict[str, Any]:
+    """The evaluation section's model fields for one evaluated model (``revision``: the hub model's; none for a
+    folder the run wrote)."""
+    return {"model": spec, "revision": revision,
+            "trust_remote_code": cfg.trust_remote_code or cfg.eval.trust_remote_code}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -137,7 +164,9 @@ def plan(cfg: RunConfig) -> list[Stage]:
     stages = [s_sample, s_train, s_merge]
 
     def eval_stage(name: str, spec: str, adapter_dir: str | None = None, **inputs: str) -> Stage:
-        ecfg = dataclasses.replace(filled["eval"], model=spec, adapter=adapter_dir, output=str(L.eval(name)))
+        revision = cfg.expert_revision if spec == cfg.expert else None
+        ecfg = dataclasses.replace(filled["eval"], adapter=adapter_dir, output=str(L.eval(name)),
+                                   **eval_model(cfg, spec, revision))
         return Stage(f"eval_{name}", "eval", F[f"eval_{name}"], ecfg, evaluate.main, evaluate.identity(ecfg, **inputs))
 
     stages += [eval_stage("base", cfg.expert), eval_stage("tuned", str(L.merge), model=s_merge.fingerprint)]
@@ -146,7 +175,8 @@ def plan(cfg: RunConfig) -> list[Stage]:
         stages += [s_sft, eval_stage("sft", cfg.expert, str(L.sft_adapter), adapter=s_sft.fingerprint)]
     if cfg.perplexity_problems > 0:
         ident = layout.identity("perplexity", {"problems": cfg.perplexity_problems, "dtype": cfg.dtype},
-                                {"train": s_train.fingerprint, "expert": layout.model_input(cfg.expert),
+                                {"train": s_train.fingerprint,
+                                 "expert": layout.model_input(cfg.expert, cfg.expert_revision),
                                  "data": data_inputs(("gsm8k",), cfg.eval.data_dir)})
         stages.append(Stage("perplexity", "", F["perplexity"], cfg, perplexity_stage, ident))
     rcfg = filled["report"]
@@ -198,6 +228,19 @@ def main(cfg: RunConfig) -> int:
     return 0
 
 
+def run(config: RunConfig | None = None, /, **options: Any) -> StageOutput:
+    """The Python API's ``run``: ``lightreasoner run`` on ``config`` (or ``RunConfig(**options)``; its defaults are
+    the stage commands' own, as with ``--config none``: :func:`lightreasoner.api.load_config` reads the shipped
+    ``embedded`` one). Returns the run folder and each finished stage's ``meta.json``, by stage name."""
+    return call(RunConfig, main, config, options, run_output, command="run")
+
+
+def run_output(cfg: RunConfig) -> StageOutput:
+    """The run folder and the meta.json of each of its stages that finished."""
+    found = {name: layout.read_meta(folder) for name, folder in layout.RunLayout(cfg.output).stage_folders().items()}
+    return StageOutput(Path(cfg.output), {name: meta for name, meta in found.items() if meta is not None})
+
+
 def report_stage(rcfg: ReportConfig) -> int:
     """The report, as a stage: written into RUN/report/, with its meta.json last."""
     L = layout.RunLayout(rcfg.run_dir)
@@ -236,7 +279,8 @@ def perplexity_stage(cfg: RunConfig) -> int:
         # The gold text is the reference solution (its reasoning, without the final "#### n" line).
         problems = [Problem(str(i), r["question"], None, r["answer"].split("####")[0].strip()) for i, r in
                     enumerate(rows)]
-        base = load_model(cfg.expert, dtype=cfg.dtype, device=cfg.device)
+        base = load_model(cfg.expert, dtype=cfg.dtype, device=cfg.device, revision=cfg.expert_revision,
+                          trust_remote_code=cfg.trust_remote_code)
         points: list[tuple[str, int, Path | None]] = [("base", 0, None)]
         for d in sorted(L.train.glob("step-*")):
             if (d / "adapter" / "adapter_config.json").is_file():
@@ -254,3 +298,6 @@ def perplexity_stage(cfg: RunConfig) -> int:
         write_json(L.perplexity / "perplexity.json", {"checkpoints": out, "problems": len(problems)})
         stage.finish(config={"problems": cfg.perplexity_problems}, counts={"points": len(out)})
     return 0
+
+
+expose(evaluate.__name__, EvalConfig, evaluate.main, command="eval")  # callable as lightreasoner.evaluate (.api)

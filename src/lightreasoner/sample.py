@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import layout
-from .config import flag, option, to_dict
+from .api import expose, file_output
+from .config import Checked, flag, option, to_dict
 from .embedded import DEFAULT_AMATEUR, DEFAULT_EXPERT
 from .generation import pad_id_of
+from .models import revision_problem
 from .problems import Problem, load_problems
 from .prompts import DEFAULT_SYSTEM_PROMPT, build_prompt_ids, eos_ids
 from .sampling import ScoringParams, format_step, reference_records, sample_batch, to_record
@@ -32,7 +34,7 @@ from .utils import (InputError, JsonlAppender, Stopwatch, dist_info, read_comple
 logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
-class SampleConfig:
+class SampleConfig(Checked):
     """Sample the expert's reasoning prefixes and keep the steps where the amateur departs from it.
 
     example: lightreasoner sample --data ../shared/data/gsm8k_train.jsonl --max-problems 128 --output runs/s/samples.jsonl
@@ -42,6 +44,10 @@ class SampleConfig:
     expert: str = option(DEFAULT_EXPERT, "expert model: embedded name, .gguf file, checkpoint folder or hub id",
                          run_sets=True)
     amateur: str = option(DEFAULT_AMATEUR, "amateur model (same forms as --expert)", run_sets=True)
+    expert_revision: str | None = option(None, "branch, tag or commit of a hub --expert (none: its main branch)",
+                                         run_sets=True, result=False)  # part of the expert's input fingerprint
+    amateur_revision: str | None = option(None, "branch, tag or commit of a hub --amateur", run_sets=True,
+                                          result=False)
     data: str = option("gsm8k", "problems: JSONL/JSON/Parquet file, toolkit folder, hub id, gsm8k (the shipped "
                                 "GSM8K train set) or generated (the built-in generator)", run_sets=True)
     split: str = option("train", "split to read from a folder or hub dataset")
@@ -82,9 +88,11 @@ class SampleConfig:
                 errs.append(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.max_problems is not None and self.max_problems < 1:
             errs.append(f"{flag('max_problems')} must be >= 1 or none, got {self.max_problems}")
-        if not self.output.endswith(".jsonl"):
+        if self.output is not None and not self.output.endswith(".jsonl"):
             errs.append(f"--output must be a .jsonl file, got {self.output!r}")
-        return errs
+        revisions = (revision_problem(self.expert, self.expert_revision, flag("expert_revision")),
+                     revision_problem(self.amateur, self.amateur_revision, flag("amateur_revision")))
+        return errs + [p for p in revisions if p]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -161,7 +169,8 @@ def summarize(records: Sequence[dict], beta: float) -> dict[str, Any]:
 def identity(cfg: SampleConfig, **inputs: str) -> dict:
     """The sampling stage's identity (see :mod:`.layout`): its result settings and its inputs' fingerprints
     (``inputs`` overrides them, e.g. ``run`` naming a model by an upstream stage's fingerprint)."""
-    found = {"expert": lambda: layout.model_input(cfg.expert), "amateur": lambda: layout.model_input(cfg.amateur),
+    found = {"expert": lambda: layout.model_input(cfg.expert, cfg.expert_revision),
+             "amateur": lambda: layout.model_input(cfg.amateur, cfg.amateur_revision),
              "data": lambda: layout.data_input(cfg.data)}
     ident = layout.stage_identity("sample", cfg, {k: inputs.get(k) or f() for k, f in found.items()})
     ident["settings"]["file"] = Path(cfg.output).name  # one samples file per stage folder
@@ -197,8 +206,10 @@ def _sample(cfg: SampleConfig, info: Any, stage: layout.StageRun | None) -> int:
     share_cores(info)
     device = rank_device(cfg.device, info)
     t_load = time.perf_counter()
-    expert = load_model(cfg.expert, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
-    amateur = load_model(cfg.amateur, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
+    expert = load_model(cfg.expert, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
+                        revision=cfg.expert_revision)
+    amateur = load_model(cfg.amateur, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
+                         revision=cfg.amateur_revision)
     vocab = check_vocab(expert, amateur, cfg.allow_vocab_mismatch)
     load_s = time.perf_counter() - t_load
     if stage is not None:
@@ -299,6 +310,8 @@ def inspect_main(cfg: InspectConfig) -> int:
         print("no kept steps match")
     return 0
 
+
+expose(__name__, SampleConfig, main, file_output)  # lightreasoner.sample(cfg) runs the stage (see .api)
 
 __all__ = ["SampleConfig", "main", "identity", "sample_problems", "summarize", "InspectConfig", "inspect_main",
            "manifest_path", "shard_path"]

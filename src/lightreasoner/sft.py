@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import layout, shards
-from .config import flag, option, to_dict
+from .api import expose
+from .config import Checked, flag, option, to_dict
 from .embedded import DEFAULT_EXPERT
 from .problems import Problem, load_problems
 from .trajectories import MAX_LENGTH, check_label_range, load_training_examples, manifest_path
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SFTConfig:
+class SFTConfig(Checked):
     """Rejection-sampling SFT baseline: sample k solutions per problem, keep the right ones, LoRA-tune on them.
 
     example: lightreasoner sft --data ../shared/data/gsm8k_train.jsonl --max-problems 128 --output runs/sft
@@ -49,6 +50,8 @@ class SFTConfig:
 
     output: str = option(help="output folder", result=False)
     expert: str = option(DEFAULT_EXPERT, "expert model (same forms as in sample)", run_sets=True)
+    expert_revision: str | None = option(None, "branch, tag or commit of a hub --expert (none: its main branch)",
+                                         run_sets=True, result=False)  # part of the expert's input fingerprint
     data: str = option("gsm8k", "problems with reference answers (GSM8K form): file, folder, hub id, gsm8k (the "
                                 "shipped GSM8K train set) or generated", run_sets=True)
     split: str = option("train", "split to read from a folder or hub dataset")
@@ -78,6 +81,7 @@ class SFTConfig:
     lora_targets: tuple[str, ...] = option(("q_proj", "v_proj"), "LoRA target modules")
     dtype: str = option("auto", "model dtype", choices=("auto", "float32", "bfloat16", "float16"), run_sets=True)
     device: str | None = option(None, "device (default: cuda if available, else cpu)", run_sets=True, result=False)
+    trust_remote_code: bool = option(False, "allow model code from the hub", result=False)
     progress: bool = option(True, "show progress bars", result=False)
     rerun: bool = option(False, "redo the stage when --output holds an SFT run of other settings (it is deleted)",
                          result=False, saved=False, run_sets=True)
@@ -88,7 +92,10 @@ class SFTConfig:
             errs.append(f"{flag('samples_per_problem')} must be >= 1, got {self.samples_per_problem}")
         if self.temperature <= 0:
             errs.append(f"{flag('temperature')} must be > 0 for sampling, got {self.temperature}")
-        return errs + train_params(self).validate()
+        from .models import revision_problem
+
+        revision = revision_problem(self.expert, self.expert_revision, flag("expert_revision"))
+        return errs + train_params(self).validate() + ([revision] if revision else [])
 
 
 def train_params(cfg: SFTConfig) -> TrainParams:
@@ -97,6 +104,11 @@ def train_params(cfg: SFTConfig) -> TrainParams:
                        epochs=None if cfg.epochs is None else float(cfg.epochs), lr=float(cfg.lr), lora_r=cfg.lora_r,
                        lora_alpha=float(cfg.lora_alpha), lora_targets=tuple(cfg.lora_targets), dtype=cfg.dtype,
                        save_every=cfg.save_every, max_tokens_per_forward=cfg.max_tokens_per_forward)
+
+
+def model_options(cfg: SFTConfig) -> dict[str, Any]:
+    """How the expert loads: its revision and whether its repository's code may run."""
+    return {"revision": cfg.expert_revision, "trust_remote_code": cfg.trust_remote_code}
 
 
 def grade_against_reference(completion: str, answer: str) -> tuple[str | None, bool]:
@@ -194,7 +206,8 @@ def sft_records(candidates: Sequence[dict]) -> list[dict]:
 
 def identity(cfg: SFTConfig, **inputs: str) -> dict:
     """The SFT stage's identity: the expert and the problems' fingerprints, and the result settings."""
-    found = {"expert": lambda: layout.model_input(cfg.expert), "data": lambda: layout.data_input(cfg.data)}
+    found = {"expert": lambda: layout.model_input(cfg.expert, cfg.expert_revision),
+             "data": lambda: layout.data_input(cfg.data)}
     return layout.stage_identity("sft", cfg, {k: inputs.get(k) or f() for k, f in found.items()})
 
 
@@ -220,10 +233,11 @@ def train_adapter(cfg: SFTConfig, samples: Path, output: Path) -> dict:
 
     params = train_params(cfg)
     acc = make_accelerator(params)
-    trajs, stats = load_training_examples(samples, load_tokenizer(cfg.expert), system_prompt=cfg.system_prompt)
+    trajs, stats = load_training_examples(samples, load_tokenizer(cfg.expert, **model_options(cfg)),
+                                          system_prompt=cfg.system_prompt)
     logger.info("%d trajectories, %d kept steps (%s format, %d records)", stats["trajectories"], stats["kept_steps"],
                 stats["format"], stats["records"])
-    loaded = load_model(cfg.expert, dtype=cfg.dtype, device=str(acc.device))
+    loaded = load_model(cfg.expert, dtype=cfg.dtype, device=str(acc.device), **model_options(cfg))
     check_label_range(trajs, loaded.vocab_rows)
     record = {"samples": str(samples), "output": str(output), "expert": cfg.expert,
               "system_prompt": cfg.system_prompt, "max_length": MAX_LENGTH}
@@ -308,7 +322,8 @@ def _sample_stage(cfg: SFTConfig, info: DistInfo, stage: layout.StageRun | None,
 
         return model_fingerprint(resolve_source(cfg.expert)), {"spec": cfg.expert}, []
     shards.share_cores(info)
-    expert = load_model(cfg.expert, dtype=cfg.dtype, device=shards.rank_device(cfg.device, info))
+    expert = load_model(cfg.expert, dtype=cfg.dtype, device=shards.rank_device(cfg.device, info),
+                        **model_options(cfg))
     t0 = time.perf_counter()
     try:
         sample_candidates(expert.model, expert.tokenizer, problems, cand_path, k=cfg.samples_per_problem,
@@ -322,3 +337,6 @@ def _sample_stage(cfg: SFTConfig, info: DistInfo, stage: layout.StageRun | None,
             timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - t0
             write_json(cand_path.parent / "timings.json", timings)
     return expert.fingerprint, expert.describe(), list(marks.values())
+
+
+expose(__name__, SFTConfig, main)  # lightreasoner.sft(cfg) runs the stage (see .api)

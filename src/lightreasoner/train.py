@@ -21,7 +21,8 @@ from typing import Any
 
 from . import checkpoint as ck
 from . import embedded, layout, modelcard, models
-from .config import flag, option, to_dict
+from .api import expose
+from .config import Checked, flag, option, to_dict
 from .prompts import DEFAULT_SYSTEM_PROMPT
 from .trajectories import MAX_LENGTH, check_label_range, check_manifest, load_training_examples
 from .training import TrainParams, make_accelerator, train
@@ -33,7 +34,7 @@ D = TrainParams()  # the loop's defaults (the paper's): one home, shared with sf
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
     """LoRA-tune the expert on the contrastive soft labels written by `lightreasoner sample` (or the authors'
     per-step files), one packed forward pass per trajectory. Defaults are the paper's.
 
@@ -46,6 +47,8 @@ class TrainConfig:
     expert: str = option(embedded.DEFAULT_EXPERT, help="expert model: embedded name, .gguf file, checkpoint folder "
                                                        "or hub id (must be the model the samples came from)",
                          run_sets=True)
+    expert_revision: str | None = option(None, help="branch, tag or commit of a hub --expert (none: its main "
+                                                    "branch)", run_sets=True, result=False)  # in its fingerprint
     samples_split: str = option("train", help="split to read when --samples is a hub dataset")
     force: bool = option(False, help="train even if the samples' manifest names another expert (warns)",
                          result=False)
@@ -102,7 +105,8 @@ class TrainConfig:
         p = train_params(self).validate()
         if self.max_length < 2:
             p.append(f"{flag('max_length')} must be >= 2, got {self.max_length}")
-        return p
+        revision = models.revision_problem(self.expert, self.expert_revision, flag("expert_revision"))
+        return p + ([revision] if revision else [])
 
 
 def train_params(cfg: TrainConfig) -> TrainParams:
@@ -124,7 +128,8 @@ def samples_input(samples: str) -> str:
 
 def identity(cfg: TrainConfig, **inputs: str) -> dict:
     """The training stage's identity (see :mod:`.layout`)."""
-    found = {"samples": lambda: samples_input(cfg.samples), "expert": lambda: layout.model_input(cfg.expert)}
+    found = {"samples": lambda: samples_input(cfg.samples),
+             "expert": lambda: layout.model_input(cfg.expert, cfg.expert_revision)}
     return layout.stage_identity("train", cfg, {k: inputs.get(k) or f() for k, f in found.items()})
 
 
@@ -152,7 +157,8 @@ def _train_stage(cfg: TrainConfig, params: TrainParams, acc: Any, src: models.Mo
                  stage: layout.StageRun) -> int:
     if src.kind != "hub":  # these fingerprints need no loaded model
         check_manifest(cfg.samples, models.fingerprint(src), cfg.force)
-    tokenizer = models.load_tokenizer(cfg.expert, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = models.load_tokenizer(cfg.expert, trust_remote_code=cfg.trust_remote_code,
+                                      revision=cfg.expert_revision)
     trajs, stats = load_training_examples(cfg.samples, tokenizer, max_length=cfg.max_length,
                                           split=cfg.samples_split, skip_bad_rows=cfg.skip_bad_rows,
                                           system_prompt=cfg.system_prompt, force=cfg.force)
@@ -160,7 +166,7 @@ def _train_stage(cfg: TrainConfig, params: TrainParams, acc: Any, src: models.Mo
         logger.info("%d trajectories, %d kept steps (%s format, %d records)", stats["trajectories"],
                     stats["kept_steps"], stats["format"], stats["records"])
     loaded = models.load_model(cfg.expert, dtype="float32" if cfg.full else cfg.dtype, device=str(acc.device),
-                               trust_remote_code=cfg.trust_remote_code)
+                               trust_remote_code=cfg.trust_remote_code, revision=cfg.expert_revision)
     if src.kind == "hub":
         check_manifest(cfg.samples, loaded.fingerprint, cfg.force)
     check_label_range(trajs, loaded.vocab_rows)
@@ -187,3 +193,6 @@ def write_card(cfg: TrainConfig, expert: dict, ident: dict) -> None:
     data = modelcard.training_data(cfg.samples, ident["inputs"].get("samples"))
     modelcard.write(cfg.output, modelcard.Card("full" if cfg.full else "adapter", expert, ident["settings"], data,
                                                folder=cfg.output))
+
+
+expose(__name__, TrainConfig, main)  # lightreasoner.train(cfg) runs the stage (see .api)
