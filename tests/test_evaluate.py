@@ -400,3 +400,20 @@ def test_evaluate_model_scores_known_completions(tmp_path, monkeypatch, tokenize
     assert sorted(r["id"] for r in read_jsonl(EV.extra_path(out))) == ["2", "3", "4", "5"]
     again = E.evaluate_model(None, tokenizer, "gsm8k", examples, cfg, out, progress=False)
     assert calls == [3, 3, 6] and again["records"] == s["records"] and not EV.extra_path(out).exists()
+
+
+def test_revision_and_remote_code_reach_the_loader(tmp_path, model_dirs, data_dir, monkeypatch):
+    from lightreasoner import models
+
+    with pytest.raises(ConfigError, match=r"--revision 'main': .* is a local folder"):
+        resolve(E.EvalConfig, cli={"model": model_dirs[0], "output": str(tmp_path / "o"), "revision": "main"})
+    seen: dict = {}
+    real = models.load_model
+
+    def spy(spec, **kw):
+        seen.update(kw)
+        return real(spec, **kw)
+
+    monkeypatch.setattr(models, "load_model", spy)
+    run_eval(tmp_path / "run", model_dirs[0], data_dir, limit=1, trust_remote_code=True)
+    assert seen["trust_remote_code"] is True and seen["revision"] is None

@@ -14,6 +14,15 @@ Under ``accelerate launch``/``torchrun`` rank 0 claims the folder and checks the
 evaluates every ``world_size``-th problem of each benchmark into its own shard (resumable on its own), and rank 0
 merges the shards in the benchmark's order and writes the summary (:mod:`.shards`): the files of a one-process run.
 
+``--grader`` picks the verdicts: ``qwen`` (the toolkit's, default) or ``math-verify`` (Hugging Face Math-Verify's,
+as lighteval and open-r1 report them); the summary, config.json and meta.json name it, and meta.json's
+``versions`` add the grading libraries' (:func:`.grading.grading_versions`). The grader is a setting of the
+stage: another one is a changed setting (``--rerun`` grades the kept completions again, generating nothing).
+
+Beside our files, ``<output>/toolkit/<benchmark>/`` holds each benchmark in the toolkit's own per-sample JSONL and
+metrics JSON (:mod:`.toolkit_format`), written by rank 0 after merging, so a run can be diffed against the
+toolkit's.
+
 Deviation from the toolkit: its tool-call continuation (running python code that the model wrote) is not done
 here; model text never reaches ``eval``/``exec``. Completions that would have triggered it (no ``boxed`` and ending
 with three backticks) are counted in the summary (``tool_call_skipped``).
@@ -26,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +46,12 @@ import torch
 from . import layout, shards
 from .benchmarks import ALL_BENCHMARKS, FEW_SHOT, PAPER_BENCHMARKS, SHOT_BENCHMARKS, data_inputs, load_benchmark
 from .config import ConfigError, flag, option, save_config, to_dict
-from .evaluation import EvalParams, collect, evaluate_model, extra_path, overall_summary, summary_markdown
+from .evaluation import EvalParams, collect, evaluate_model, extra_path, overall_summary, plan, summary_markdown
+from .grading import GRADERS, grading_versions
 from .models import DTYPES
 from .prompts import PROMPT_TYPES, STOP_STRINGS, eos_ids
 from .stats import compare_runs
+from .toolkit_format import TOOLKIT_FOLDER, write_toolkit_files
 from .utils import (DistInfo, InputError, atomic_write, dist_info, environment_info, read_json, write_json,
                     writes_output)
 
@@ -61,6 +73,9 @@ class EvalConfig:
                                "save_pretrained folder or a hub id (required unless --compare)")
     adapter: str | None = option(None, "a LoRA adapter folder folded into --model's weights for the evaluation",
                                  run_sets=True)
+    revision: str | None = option(None, "model revision (branch, tag or commit) on the hub", run_sets=True,
+                                  result=False)  # part of the model's input fingerprint
+    trust_remote_code: bool = option(False, "allow model repositories to run their own code")
     benchmarks: tuple[str, ...] = option(PAPER_BENCHMARKS, "comma-separated benchmarks", choices=ALL_BENCHMARKS)
     data_dir: str | None = option(None, "folder in the toolkit's layout DIR/<name>/test.jsonl (e.g. the "
                                         "Qwen2.5-Math repo's evaluation/data); none: the copies shipped with "
@@ -83,6 +98,8 @@ class EvalConfig:
     device: str | None = option(None, "cuda, cpu or mps; none: the best available", run_sets=True, result=False)
     seed: int = option(0, "random seed (decoding is greedy; kept for the record)", run_sets=True)
     grade_timeout: float = option(3.0, "seconds per equality check before it counts as wrong (toolkit: 3)")
+    grader: str = option("qwen", "qwen: the Qwen2.5-Math toolkit's verdicts; math-verify: Hugging Face "
+                                 "Math-Verify's, as lighteval and open-r1 report them", choices=GRADERS)
     skip_bad_rows: bool = option(False, "skip benchmark rows without a usable question or gold (counted) instead "
                                         "of stopping")
     overwrite: bool = option(False, "discard results already in --output instead of resuming", result=False)
@@ -111,6 +128,10 @@ class EvalConfig:
             p.append(f"{flag('grade_timeout')} must be > 0, got {self.grade_timeout}")
         if len(set(self.benchmarks)) != len(self.benchmarks) or not self.benchmarks:
             p.append(f"{flag('benchmarks')} must name each benchmark once, got {','.join(self.benchmarks) or 'none'}")
+        if self.model and self.compare is None:
+            from .models import revision_problem
+
+            p += [e for e in (revision_problem(self.model, self.revision, flag("revision")),) if e]
         return p
 
 
@@ -152,7 +173,7 @@ def load_adapter(model: Any, adapter: str | Path) -> Any:
 
 def identity(cfg: EvalConfig, **inputs: Any) -> dict:
     """The evaluation stage's identity: the model (and adapter) fingerprints, each benchmark's data, the settings."""
-    found = {"model": lambda: layout.model_input(cfg.model),  # type: ignore[arg-type]
+    found = {"model": lambda: layout.model_input(cfg.model, cfg.revision),  # type: ignore[arg-type]
              "adapter": lambda: (layout.output_fingerprint(cfg.adapter) or file_fingerprint(cfg.adapter))
              if cfg.adapter else None,
              "data_dir": lambda: data_inputs(cfg.benchmarks, cfg.data_dir)}
@@ -196,9 +217,10 @@ def _check_output(out: Path, identity: Mapping[str, Any], overwrite: bool, rerun
     if old is None and any(out.glob("*.jsonl")):
         diffs = ["JSONL files without the config.json that says how they were made"]
     if overwrite or (rerun and diffs):
-        for f in [cfg_file, out / "summary.json", out / "summary.md"] + [
-                f for b in ALL_BENCHMARKS for f in (out / f"{b}.jsonl", extra_path(out / f"{b}.jsonl"))]:
+        for f in [cfg_file] + [f for b in ALL_BENCHMARKS
+                               for f in (out / f"{b}.jsonl", extra_path(out / f"{b}.jsonl"))]:
             f.unlink(missing_ok=True)
+        _remove_summaries(out)
         for b in ALL_BENCHMARKS:
             shards.remove_shards(out / f"{b}.jsonl")
         return
@@ -258,7 +280,8 @@ def _evaluate(cfg: EvalConfig, info: DistInfo, stage: layout.StageRun | None) ->
     shards.share_cores(info)
     torch.manual_seed(cfg.seed)
     device = shards.rank_device(cfg.device, info)
-    loaded = load_model(cfg.model, dtype=cfg.dtype, device=device)  # type: ignore[arg-type]
+    loaded = load_model(cfg.model, dtype=cfg.dtype, device=device,  # type: ignore[arg-type]
+                        trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     model, tokenizer = loaded.model, loaded.tokenizer
     if cfg.adapter:
         if loaded.source is not None and loaded.source.kind == "hub":
@@ -281,26 +304,28 @@ def _evaluate(cfg: EvalConfig, info: DistInfo, stage: layout.StageRun | None) ->
     _check_output(out, record_identity, cfg.overwrite, cfg.rerun)
     # A summary describes a finished evaluation. Until this one finishes there is none: an old summary (say of a
     # smaller --limit) must not make an interrupted run look complete. The records it was built from are kept.
-    for f in (out / "summary.json", out / "summary.md"):
-        f.unlink(missing_ok=True)
+    _remove_summaries(out)
     eos = eos_ids(tokenizer, model, STOP_STRINGS)
+    versions = {**environment_info(), **grading_versions()}  # the grading libraries decide verdicts
     save_config(cfg, out / "config.json", extra={
         "identity": record_identity, "model": loaded.describe(), "adapter": cfg.adapter, "stop_strings": list(STOP_STRINGS),
-        "eos_ids": eos, "examples": {b: len(v) for b, v in data.items()}, "environment": environment_info()})
+        "eos_ids": eos, "examples": {b: len(v) for b, v in data.items()}, "environment": versions})
 
     results, per_rank = _evaluate_all(model, tokenizer, data, cfg, out, info)
     summary = overall_summary(results)
     summary.update({"model": cfg.model, "model_fingerprint": loaded.fingerprint, "adapter": cfg.adapter,
                     "prompt": cfg.prompt, "shots": cfg.shots, "max_new_tokens": cfg.max_new_tokens,
-                    "dtype": record_identity["dtype"], "limit": cfg.limit,
+                    "dtype": record_identity["dtype"], "limit": cfg.limit, "grader": cfg.grader,
                     "bad_rows_skipped": {b: st.get("bad_rows", 0) for b, st in bad_rows.items()},
                     "wall_seconds": round(time.perf_counter() - t0, 3)})
     write_json(out / "summary.json", summary)
     md = summary_markdown(summary, title=f"Evaluation of {cfg.model}" + (f" + {cfg.adapter}" if cfg.adapter else ""))
     atomic_write(out / "summary.md", md)
+    _write_toolkit(out, data, results, tokenizer, cfg)
     stage.finish(config=to_dict(cfg), counts={b: {k: r[k] for k in ("n", "correct", "accuracy")}
                                               for b, r in results.items()},
-                 extra={"model": loaded.describe(), "adapter": cfg.adapter,
+                 extra={"model": loaded.describe(), "adapter": cfg.adapter, "grader": cfg.grader,
+                        "versions": versions,
                         **({"per_rank": per_rank} if per_rank else {})})
     print(md)
     return 0
@@ -322,6 +347,24 @@ def _evaluate_all(model: Any, tokenizer: Any, data: Mapping[str, Sequence[Mappin
         logger.info("%s: %s%% of %d (%d truncated)", b, results[b]["accuracy"], results[b]["n"],
                     results[b]["truncated"])
     return results, per_rank
+
+
+def _remove_summaries(out: Path) -> None:
+    """Remove the files that describe a finished evaluation: the summary and the toolkit-format files."""
+    for f in (out / "summary.json", out / "summary.md"):
+        f.unlink(missing_ok=True)
+    shutil.rmtree(out / TOOLKIT_FOLDER, ignore_errors=True)
+
+
+def _write_toolkit(out: Path, data: Mapping[str, Sequence[Mapping[str, Any]]], results: Mapping[str, dict],
+                   tokenizer: Any, cfg: EvalConfig) -> None:
+    """Rank 0, after merging: each benchmark's records in the Qwen2.5-Math toolkit's files, under
+    ``out/toolkit/<benchmark>/`` (:mod:`.toolkit_format`)."""
+    for b, examples in data.items():
+        rows = {eid: ex for eid, ex, _ in plan(b, examples, tokenizer, EvalParams.of(cfg))[0]}
+        pairs = [(rows[r["id"]], r) for r in results[b]["records"]]
+        write_toolkit_files(out / TOOLKIT_FOLDER, b, pairs, prompt=cfg.prompt, limit=cfg.limit, seed=cfg.seed,
+                            seconds=results[b]["generation_seconds"])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ stopped. Under a launcher each rank evaluates every ``world_size``-th example in
 the shards in the benchmark's order (:func:`collect`, :mod:`.shards`): the same file a one-process run writes.
 :func:`summarize_records` / :func:`overall_summary` turn records into the figures of ``summary.json``
 (accuracy = mean verdict x 100, one decimal, with its 95% Wilson interval); :func:`summary_markdown` prints them.
+
+Each record names its grader (``--grader``): records reused from a run with another grader (a record without the
+field is ``qwen``'s) are graded again, never generated again (:func:`_regrade`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class EvalParams:
     batch_size: int = 32
     max_batch_tokens: int | None = 65536
     grade_timeout: float = 3.0
+    grader: str = "qwen"  # qwen | math-verify (see lightreasoner.grading)
 
     @classmethod
     def of(cls, cfg: Any) -> "EvalParams":
@@ -123,8 +127,9 @@ def evaluate_model(model: Any, tokenizer: Any, benchmark: str, examples: Sequenc
     if len(todo) < len(mine):
         logger.info("%s: resuming, %d of %d already done", benchmark, len(mine) - len(todo), len(mine))
     t0 = time.perf_counter()
+    out = None if path is None else path if world_size == 1 else shards.shard_path(path, rank)
+    _regrade(benchmark, [(eid, ex) for eid, ex, _ in mine if eid in done], done, cfg, out)
     if todo:
-        out = None if path is None else path if world_size == 1 else shards.shard_path(path, rank)
         desc = benchmark if world_size == 1 else f"{benchmark} rank {rank}"
         done.update(_generate(model, tokenizer, benchmark, todo, cfg, out, desc, progress,
                               [done[eid] for eid, _, _ in mine if eid in done]))
@@ -175,10 +180,9 @@ def _generate(model: Any, tokenizer: Any, benchmark: str, todo: Sequence[tuple[s
                                           batch_size=cfg.batch_size, max_batch_tokens=cfg.max_batch_tokens):
             batch = [todo[i] for i in idx]
             grades = grade_many(benchmark, [copy.deepcopy(dict(ex)) for _, ex, _ in batch],
-                                [o.text for o in outs], timeout=cfg.grade_timeout, progress=False)
-            recs = [{"id": eid, "prompt": prompt, "completion": o.text, "pred": g.pred, "gold": g.gold,
-                     "correct": bool(g.correct), "new_tokens": o.new_tokens, "finish_reason": o.finish_reason,
-                     "seconds": round(o.seconds, 4), "error": None if g.error is None else str(g.error)}
+                                [o.text for o in outs], timeout=cfg.grade_timeout, progress=False, grader=cfg.grader)
+            recs = [{"id": eid, "prompt": prompt, "completion": o.text, **_verdict(g, cfg.grader),
+                     "new_tokens": o.new_tokens, "finish_reason": o.finish_reason, "seconds": round(o.seconds, 4)}
                     for (eid, _, prompt), o, g in zip(batch, outs, grades)]
             if appender is not None:
                 appender.write_many(recs)
@@ -191,6 +195,31 @@ def _generate(model: Any, tokenizer: Any, benchmark: str, todo: Sequence[tuple[s
         if appender is not None:
             appender.close()
     return new
+
+
+def _verdict(g: Any, grader: str) -> dict[str, Any]:
+    """A record's verdict fields from a :class:`.grading.GradeResult`."""
+    return {"pred": g.pred, "gold": g.gold, "correct": bool(g.correct),
+            "error": None if g.error is None else str(g.error), "grader": grader}
+
+
+def _regrade(benchmark: str, kept: Sequence[tuple[str, Mapping[str, Any]]], done: dict[str, dict],
+             cfg: EvalParams, out: Path | None) -> None:
+    """Grade again, with ``cfg.grader``, the records of ``kept`` (``(id, example)`` of this share already done)
+    that another grader judged; the new records replace them in ``done`` and are appended to ``out`` (a later
+    line of an id replaces an earlier one when the file is read back)."""
+    stale = [(eid, ex) for eid, ex in kept if done[eid].get("grader", "qwen") != cfg.grader]
+    if not stale:
+        return
+    logger.info("%s: grading %d finished records again with the %s grader", benchmark, len(stale), cfg.grader)
+    grades = grade_many(benchmark, [copy.deepcopy(dict(ex)) for _, ex in stale],
+                        [done[eid]["completion"] for eid, _ in stale], timeout=cfg.grade_timeout, progress=False,
+                        grader=cfg.grader)
+    recs = [{**done[eid], **_verdict(g, cfg.grader)} for (eid, _), g in zip(stale, grades)]
+    if out is not None:
+        with JsonlAppender(out) as appender:
+            appender.write_many(recs)
+    done.update((r["id"], r) for r in recs)
 
 
 def extra_path(path: Path) -> Path:
@@ -217,7 +246,7 @@ def summary_markdown(summary: Mapping[str, Any], title: str = "Evaluation") -> s
         return "-" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v)
 
     lines = [f"# {title}", ""]
-    for key in ("model", "adapter", "prompt", "shots", "max_new_tokens", "dtype"):
+    for key in ("model", "adapter", "prompt", "shots", "max_new_tokens", "dtype", "grader"):
         if summary.get(key) is not None:
             lines.append(f"- {key}: `{summary[key]}`")
     def ci(v: Any) -> str:

@@ -23,6 +23,11 @@ under an address-space limit. Grading one answer is bounded as a whole: every cl
 completion longer than ``INPROCESS_MAX_CHARS`` is graded whole (cleaning, extraction, all rules) in the worker
 under the timeout, and text longer than ``MAX_TEXT_CHARS`` is not graded (wrong, with the reason in ``error``).
 
+``grade_many(..., grader="math-verify")`` gives Hugging Face Math-Verify's verdicts instead, as lighteval and
+open-r1 compute them (:mod:`.mathverify`, run whole in the same bounded worker; golds: :mod:`.golds`). An example
+may also be a :class:`StoredGold`, a gold as the toolkit's own per-sample output stores it (``lightreasoner grade``
+on a toolkit file). :func:`grading_versions` names the libraries behind the verdicts, for the record.
+
 Dependencies: sympy, latex2sympy2_extended (installed with math-verify; stands in for the toolkit's bundled
 latex2sympy2 1.9.0), antlr4-python3-runtime (sympy's ``parse_latex`` wants 4.11; with another 4.x runtime we drive
 sympy's own generated 4.11 parser directly, which the runtime accepts), word2number.
@@ -41,17 +46,20 @@ from .extract import (LETTERS, MULTIPLE_CHOICE, SKIP_UNIT, _boxed_content, _firs
                       _gold_field, _gold_field_text, _gold_passes, _last_choice_letter, _prepare_from_field,
                       _rules_for, choice_answer_clean, clean_completion, extract_answer, extract_prediction,
                       parse_gold, parse_question)
+from .golds import GRADERS, StoredGold
 from .grade import GradeResult, grade, grade_many
 from .normalise import (_PARENTHESISED, _ZERO_DECIMALS_END, _ZERO_DECIMALS_INNER, _brace_frac_shorthands,
                         _cut_trailing_text, _sub_bounded, strip_string)
 from .pyexpr import _Refused, _is_safe_python_expression, _parse_expr_names, _parse_python, _safe_names
 from .symbolic import (_guard_latex_parsers, _latex2sympy, _parse_symbolic, _safe_number, _sympy_parse_latex,
                        _symbolic_equal)
+from .versions import grading_versions
 from .worker import (_WORKER, INPROCESS_MAX_CHARS, MAX_TEXT_CHARS, _cheap_verdict, _judge, _serve_symbolic,
                      math_equal)
 
 __all__ = [
-    "BENCHMARKS", "ALL_BENCHMARKS", "FEW_SHOT", "STOP_STRINGS", "GradeResult",
+    "BENCHMARKS", "ALL_BENCHMARKS", "FEW_SHOT", "STOP_STRINGS", "GradeResult", "GRADERS", "StoredGold",
+    "grading_versions",
     "build_qwen25_math_prompt", "parse_question", "parse_gold", "extract_answer", "extract_prediction",
     "strip_string", "choice_answer_clean", "clean_completion", "math_equal", "grade", "grade_many",
     "INPROCESS_MAX_CHARS", "MAX_TEXT_CHARS",

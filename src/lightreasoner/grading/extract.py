@@ -241,6 +241,11 @@ def _is_letters_only(text: str) -> bool:
 def _prepare_from_field(rules: str, field: Any, completion: str) -> tuple[str | None, str, str]:
     """(prediction after the MC repair, first-pass gold, compared gold) given the raw gold."""
     first, gold = _gold_passes_from_field(rules, field)
+    return _prediction(rules, first, completion), first, gold
+
+
+def _prediction(rules: str, first: str, completion: str) -> str | None:
+    """The prediction after the toolkit's multiple-choice repair, which looks at the first-pass gold ``first``."""
     code = clean_completion(completion)
     pred = None if not code or code == "error" else strip_string(extract_answer(code, rules),
                                                                  skip_unit=rules in SKIP_UNIT)
@@ -249,7 +254,7 @@ def _prepare_from_field(rules: str, field: Any, completion: str) -> tuple[str | 
         pred = choice_answer_clean(code)
     elif _is_letters_only(first) and pred is not None and not _is_letters_only(pred):
         pred = "".join(c for c in pred if c in LETTERS)
-    return pred, first, gold
+    return pred
 
 
 def _gold_field_text(rules: str, field: Any) -> str | None:

@@ -1,5 +1,6 @@
-"""The worker process that runs every sympy step (and the whole grading of long answers) under a timeout, and
-``math_equal``, which decides what the cheap in-process rules can and hands the rest to it."""
+"""The worker process that runs every sympy step (and the whole grading of long answers, and every Math-Verify
+verdict) under a timeout, and ``math_equal``, which decides what the cheap in-process rules can and hands the rest
+to it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import subprocess
 import threading
 
 from .equal import _defer_symbolic, _math_equal, _NeedsSymbolic
-from .extract import _prepare_from_field
+from .extract import _prediction, _prepare_from_field
 from .symbolic import _symbolic_equal
 
 logger = logging.getLogger("lightreasoner.grading")
@@ -30,7 +31,22 @@ MAX_TEXT_CHARS = 400_000
 def _worker_reply(request: dict) -> dict:
     """The worker's answer to one request: ``{"pred", "gold"}`` -> ``{"ok"}`` (the full ``math_equal``), or
     ``{"rules", "gold", "completion"}`` (``gold``: the raw gold field) -> ``{"pred", "gold", "ok"}`` (the whole
-    grading of one answer)."""
+    grading of one answer); with ``"stored": true`` ``gold`` is a toolkit file's stored gold instead; with
+    ``"math_verify": kind``, Math-Verify's verdict (:func:`.mathverify.verdict`); ``{"warm": "math-verify"}``
+    loads Math-Verify (asked once per worker, before its first verdict, so no verdict's timeout pays for it)."""
+    if request.get("warm") == "math-verify":
+        from .mathverify import warm_up
+
+        warm_up()
+        return {"ok": True}
+    if "math_verify" in request:
+        from .mathverify import verdict
+
+        return verdict(request["gold"], request["math_verify"], request["completion"])
+    if request.get("stored"):
+        gold = request["gold"]
+        pred = _prediction(request["rules"], gold, request["completion"])
+        return {"pred": pred, "gold": gold, "ok": bool(_math_equal(pred, gold, _symbolic_equal))}
     if "completion" in request:
         pred, _, gold = _prepare_from_field(request["rules"], request["gold"], request["completion"])
         return {"pred": pred, "gold": gold, "ok": bool(_math_equal(pred, gold, _symbolic_equal))}
@@ -81,13 +97,14 @@ class _SymbolicWorker:
         self._owner = os.getpid()  # a forked child must not talk to its parent's worker
         self._buffer = b""
         self._lock = threading.Lock()
+        self._warm: set[str] = set()  # the optional parts loaded in the running worker
 
     def _start(self) -> None:
         import sys
 
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        self._buffer = b""
+        self._buffer, self._warm = b"", set()
         self._proc = subprocess.Popen(
             [sys.executable, "-c", "from lightreasoner.grading import _serve_symbolic; _serve_symbolic()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
@@ -130,9 +147,29 @@ class _SymbolicWorker:
                     pass
             self._proc = None
 
-    def _ask(self, request: dict, timeout: float, task: str) -> tuple[dict | None, str | None]:
+    def _send(self, request: dict) -> None:
+        self._proc.stdin.write(json.dumps(request).encode("ascii") + b"\n")
+        self._proc.stdin.flush()
+
+    def _warm_up(self, part: str) -> None:
+        """Load an optional part (``math-verify``) in the running worker once, under the start-up timeout."""
+        if part in self._warm:
+            return
+        self._send({"warm": part})
+        try:
+            reply = json.loads(self._read_line(WORKER_START_TIMEOUT))
+        except (TimeoutError, EOFError, OSError, ValueError):
+            self._kill()
+            raise RuntimeError(f"the grading worker could not load {part}") from None
+        if reply != {"ok": True}:
+            raise RuntimeError(f"the grading worker could not load {part}: {reply.get('error', reply)}")
+        self._warm.add(part)
+
+    def _ask(self, request: dict, timeout: float, task: str,
+             warm: str | None = None) -> tuple[dict | None, str | None]:
         """(reply, None) or (None, reason) for one request; the timeout starts when the request has been sent to
-        the idle, warmed-up worker. A timeout or a dead worker gives the reason (``task`` names the work)."""
+        the idle, warmed-up worker (``warm``: an optional part it needs loaded first). A timeout or a dead worker
+        gives the reason (``task`` names the work)."""
         with self._lock:
             if self._owner != os.getpid():
                 self._proc, self._owner = None, os.getpid()
@@ -140,8 +177,9 @@ class _SymbolicWorker:
                 if self._proc is None or self._proc.poll() is not None:
                     self._kill()
                     self._start()
-                self._proc.stdin.write(json.dumps(request).encode("ascii") + b"\n")
-                self._proc.stdin.flush()
+                if warm is not None:
+                    self._warm_up(warm)
+                self._send(request)
                 reply = json.loads(self._read_line(timeout))
             except TimeoutError:
                 logger.debug("%s timed out after %gs; restarting the worker", task, timeout)
@@ -169,7 +207,25 @@ class _SymbolicWorker:
         """(prediction, gold, verdict, error) of the whole grading of one answer in the worker (``gold_field``: the
         raw gold as text); a timeout is a wrong answer with the reason."""
         request = {"rules": rules, "gold": gold_field, "completion": completion}
-        reply, error = self._ask(request, timeout, f"grading this answer ({len(completion)} characters)")
+        return self._verdict(request, timeout, f"grading this answer ({len(completion)} characters)")
+
+    def grade_stored(self, rules: str, gold: str, completion: str,
+                     timeout: float) -> tuple[str | None, str, bool, str | None]:
+        """As :meth:`grade`, against a gold stored in a toolkit file (compared as it is)."""
+        request = {"rules": rules, "gold": gold, "completion": completion, "stored": True}
+        return self._verdict(request, timeout, f"grading this answer ({len(completion)} characters)")
+
+    def math_verify(self, gold: str, kind: str, completion: str,
+                    timeout: float) -> tuple[str | None, str, bool, str | None]:
+        """(prediction, gold, verdict, error) of Math-Verify on one answer (:mod:`.mathverify`); a timeout is a
+        wrong answer with the reason."""
+        request = {"math_verify": kind, "gold": gold, "completion": completion}
+        return self._verdict(request, timeout, f"Math-Verify on this answer ({len(completion)} characters)",
+                             warm="math-verify")
+
+    def _verdict(self, request: dict, timeout: float, task: str,
+                 warm: str | None = None) -> tuple[str | None, str, bool, str | None]:
+        reply, error = self._ask(request, timeout, task, warm)
         if reply is None:
             return None, "", False, error
         return reply["pred"], reply["gold"], bool(reply["ok"]), None
