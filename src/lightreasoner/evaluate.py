@@ -63,10 +63,12 @@ _IDENTITY_KEYS = ("model", "model_fingerprint", "adapter_fingerprint", "prompt",
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Zero-shot greedy pass@1 on the paper's benchmarks, graded as the Qwen2.5-Math toolkit does.
+    """Zero-shot greedy pass@1 on the paper's benchmarks, graded as the Qwen2.5-Math toolkit does (or as
+    Math-Verify does, --grader math-verify).
 
-    Writes one JSONL per benchmark, summary.json/.md and config.json into --output, and resumes there after a
-    kill. --compare RUN_A,RUN_B instead compares two finished output folders with an exact McNemar test.
+    Writes one JSONL per benchmark, summary.json/.md, config.json and the toolkit's own files (toolkit/) into
+    --output, and resumes there after a kill. --compare RUN_A,RUN_B instead compares two finished output folders
+    with an exact McNemar test.
     """
 
     model: str | None = option(None, run_sets=True, help="model spec: an embedded name, a .gguf file, a "
@@ -97,7 +99,8 @@ class EvalConfig:
                         choices=DTYPES, run_sets=True)
     device: str | None = option(None, "cuda, cpu or mps; none: the best available", run_sets=True, result=False)
     seed: int = option(0, "random seed (decoding is greedy; kept for the record)", run_sets=True)
-    grade_timeout: float = option(3.0, "seconds per equality check before it counts as wrong (toolkit: 3)")
+    grade_timeout: float = option(3.0, "seconds per equality check before it counts as wrong (toolkit: 3; "
+                                        "math-verify: per answer)")
     grader: str = option("qwen", "qwen: the Qwen2.5-Math toolkit's verdicts; math-verify: Hugging Face "
                                  "Math-Verify's, as lighteval and open-r1 report them", choices=GRADERS)
     skip_bad_rows: bool = option(False, "skip benchmark rows without a usable question or gold (counted) instead "

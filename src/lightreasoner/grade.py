@@ -41,7 +41,8 @@ class GradeConfig:
     input: str = option(help="JSONL file of {\"example\": row, \"completion\": text} lines, or the Qwen2.5-Math "
                              "toolkit's per-sample output")
     output: str = option(help="JSONL file to write (replaced atomically)")
-    timeout: float = option(3.0, "seconds allowed for one symbolic comparison (the toolkit's 3)")
+    timeout: float = option(3.0, "seconds allowed for one symbolic comparison (the toolkit's 3; math-verify: "
+                                 "per answer)")
     grader: str = option("qwen", "qwen: the Qwen2.5-Math toolkit's verdicts; math-verify: Hugging Face "
                                  "Math-Verify's, as lighteval and open-r1 report them", choices=GRADERS)
 
