@@ -146,28 +146,26 @@ class SlotCache:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.write: tuple[torch.Tensor, torch.Tensor, int] | None = None  # (slots [n], positions [n], n)
+        self.size = (0, 0)  # (slots, columns) of every buffer
 
     @torch.inference_mode()
     def ensure(self, slots: int, width: int) -> None:
-        """Room for ``slots`` rows of ``width`` columns (buffers grow, contents kept)."""
-        if not self.keys or (self.keys[0].shape[0] >= slots and self.keys[0].shape[2] >= width):
-            self._want = (slots, width)
-            return
-        s, w = max(slots, self.keys[0].shape[0]), -(-max(width, self.keys[0].shape[2]) // _GROW) * _GROW
-        for store in (self.keys, self.values):
-            for i, old in enumerate(store):
-                new = old.new_zeros((s, old.shape[1], w, old.shape[3]))
-                new[:old.shape[0], :, :old.shape[2]] = old
-                store[i] = new
+        """Room for ``slots`` rows of ``width`` columns (allocated at the first forward; later grown, kept)."""
+        s, w = max(slots, self.size[0]), -(-max(width, self.size[1]) // _GROW) * _GROW
+        if (s, w) != self.size and self.keys:
+            for store in (self.keys, self.values):
+                for i, old in enumerate(store):
+                    new = old.new_zeros((s, old.shape[1], w, old.shape[3]))
+                    new[:old.shape[0], :, :old.shape[2]] = old
+                    store[i] = new
+        self.size = (s, w)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.write is not None
         slots, pos, n = self.write
-        if layer_idx == len(self.keys):  # first forward: allocate
-            s, w = getattr(self, "_want", (int(slots.max()) + 1, int(pos.max()) + 1))
-            w = -(-w // _GROW) * _GROW
-            shape = (s, key_states.shape[1], w, key_states.shape[3])
+        if layer_idx == len(self.keys):  # first forward: allocate what ensure() asked for
+            shape = (*self.size[:1], key_states.shape[1], self.size[1], key_states.shape[3])
             self.keys.append(key_states.new_zeros(shape, dtype=torch.float32))
             self.values.append(value_states.new_zeros(shape, dtype=torch.float32))
         self.keys[layer_idx][slots, :, pos] = key_states[0, :, :n].transpose(0, 1).float()
