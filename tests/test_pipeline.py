@@ -28,6 +28,22 @@ def meta(folder):
     return read_json(folder / "meta.json")
 
 
+def assert_cards_hold_the_results(run: Path, n: int) -> None:
+    """The adapter's and the merged model's model cards show the run's measured accuracies (both models, each
+    with its interval) and the paired change, once the tuned model is evaluated."""
+    from lightreasoner import stats
+
+    for folder in (run / "train", run / "merge"):
+        text = (folder / "README.md").read_text()
+        assert "Not evaluated yet" not in text, folder
+        for label in ("base", "tuned"):
+            s = read_json(run / "eval" / label / "summary.json")["benchmarks"]["gsm8k"]
+            lo, hi = stats.accuracy_ci(s["correct"], s["n"])
+            assert s["n"] == n and f"| {label} | gsm8k | {n} | {s['correct']} |" in text, (folder, label)
+            assert f"{lo:.1f} .. {hi:.1f} |" in text, (folder, label)
+        assert "Paired change (tuned - base" in text and f"| gsm8k | {n} | " in text.split("Paired change")[1]
+
+
 def test_run_end_to_end_resumes_and_reports(model_dirs, tmp_path, capsys, caplog):
     run = tmp_path / "run"
     args = run_args(model_dirs, run)
@@ -43,6 +59,7 @@ def test_run_end_to_end_resumes_and_reports(model_dirs, tmp_path, capsys, caplog
     assert [p["name"] for p in ppl][0] == "base" and ppl[-1]["name"] == "final" and len(ppl) >= 3
     report = (run / "report" / "report.md").read_text()
     assert "tuned" in report.lower() and "KL" in report
+    assert_cards_hold_the_results(run, n=3)
     # Rerunning finds every stage done and changes nothing; so does replaying the saved config.
     metas = {p: (p / "meta.json").read_text() for p in run.glob("**/") if (p / "meta.json").is_file()}
     caplog.set_level("INFO", logger="lightreasoner")
@@ -61,6 +78,7 @@ def test_run_end_to_end_resumes_and_reports(model_dirs, tmp_path, capsys, caplog
     new = read_complete_jsonl(run / "eval" / "tuned" / "gsm8k.jsonl")
     assert len(old) == 3 and len(new) == 5 and new[:3] == old
     assert read_json(run / "eval" / "base" / "summary.json")["totals"]["n"] == 5
+    assert_cards_hold_the_results(run, n=5)  # the re-evaluation's figures, not the first's
     for stage in ("sample", "train", "merge", "perplexity"):
         assert (run / stage / "meta.json").read_text() == metas[run / stage], stage
     assert (run / "report" / "meta.json").read_text() != metas[run / "report"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import evaluate, layout, merge, report, sample, sft, train
+from . import evaluate, layout, merge, modelcard, report, sample, sft, train
 from .api import StageOutput, call, expose
 from .evaluate import EvalConfig
 from .report import ReportConfig
@@ -224,6 +224,10 @@ def main(cfg: RunConfig) -> int:
             rc = s.run(s.config)
         if rc:
             raise InputError(f"stage {s.name} stopped with exit code {rc}; fix the cause and rerun to resume")
+        if s.name == "eval_tuned":  # the adapter's and merged model's cards get the measured results
+            results = modelcard.eval_results(L.eval("tuned"), L.eval("base"))
+            for folder in (L.train, L.merge):
+                modelcard.refresh(folder, results)
     print(L.report / "report.md")
     return 0
 
