@@ -305,12 +305,32 @@ SAMPLES_FILE = "samples.jsonl"
 def model_input(spec: str, revision: str | None = None) -> str:
     """A model spec's fingerprint as a stage input: a stage output folder's own fingerprint (``meta.json``), else
     the model's content fingerprint (:func:`models.fingerprint`; a hub id stands for itself, at ``revision`` when
-    one is given: ``hub:ID@REVISION``, so a changed revision is a changed input)."""
+    one is given: ``hub:ID@REVISION``, so a changed revision is a changed input). ``self:LAYER`` (the expert's
+    early layers) stands for itself, relative to the expert; :func:`amateur_input` names both."""
+    from .earlyexit import parse_self_spec
+    from .models import check_revision
     from .models import fingerprint as model_fingerprint
     from .models import resolve_source
 
+    layer = parse_self_spec(spec)
+    if layer is not None:  # relative to the expert, itself an input of every stage naming one
+        check_revision(spec, revision, "--amateur-revision")
+        return f"self:{layer}"
     found = output_fingerprint(spec) or model_fingerprint(resolve_source(spec, prepare=False))
     return found if revision is None else f"{found.removesuffix('@unknown')}@{revision}"
+
+
+def amateur_input(spec: str, revision: str | None, expert_input: str) -> str:
+    """The amateur's fingerprint as a stage input: for ``self:LAYER`` (the expert's own early layers,
+    :mod:`.earlyexit`) ``self:LAYER of <expert_input>`` (the expert's :func:`model_input`), so it changes with
+    the expert or the layer; for any other spec :func:`model_input`."""
+    from .earlyexit import parse_self_spec, self_fingerprint
+
+    layer = parse_self_spec(spec)
+    if layer is None:
+        return model_input(spec, revision)
+    model_input(spec, revision)  # the revision check
+    return self_fingerprint(expert_input, layer)
 
 
 def data_input(spec: str | None) -> str:

@@ -270,6 +270,9 @@ def revision_problem(spec: str, revision: str | None, flag: str = "--revision") 
         return None
     if not revision.strip():
         return f"{flag}: an empty revision; give a branch, tag or commit of the hub model, or none"
+    if spec.startswith("self:"):
+        return (f"{flag} {revision!r}: model {spec!r} is the expert's own early layers, whose revision is the "
+                f"expert's (--expert-revision); drop {flag}")
     try:
         kind = resolve_source(spec, prepare=False).kind
     except InputError:
@@ -373,3 +376,15 @@ def check_vocab(expert: LoadedModel, amateur: LoadedModel, allow_mismatch: bool 
 def _id_to_token(tok: Any) -> dict[int, str]:
     vocab = dict(tok.get_vocab())
     return {i: t for t, i in vocab.items()}
+
+
+def load_amateur(spec: str, expert: LoadedModel, **load_kwargs: Any) -> LoadedModel:
+    """The amateur of a spec: for ``self:LAYER`` the expert's first LAYER decoder layers through its final norm
+    and output layer, sharing the expert's weights (:mod:`.earlyexit`; a ``revision`` is then an error, as the
+    revision is the expert's); for any other spec :func:`load_model` ``(spec, **load_kwargs)``."""
+    from . import earlyexit
+
+    if earlyexit.parse_self_spec(spec) is None:
+        return load_model(spec, **load_kwargs)
+    check_revision(spec, load_kwargs.get("revision"), "--amateur-revision")
+    return earlyexit.load_early_exit(spec, expert)
