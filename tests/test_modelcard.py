@@ -124,3 +124,23 @@ def test_an_embedded_base_is_named_by_its_hub_original_and_the_card_says_so(tmp_
 def test_a_card_of_an_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="card kind 'lora'"):
         modelcard.render(modelcard.Card("lora", {"spec": "x"}, {}))
+
+
+@pytest.mark.filterwarnings("ignore:Could not find a config file")  # PEFT looks the short name up
+def test_the_training_loop_names_an_embedded_base_by_its_hub_original(tmp_path, expert, tokenizer):
+    """What `train` and `sft` share (training._save_model): an adapter trained on an embedded model names the hub
+    original as its base, not the short embedded name PEFT would keep."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from lightreasoner import training
+
+    lm = get_peft_model(copy.deepcopy(expert), LoraConfig(r=2, target_modules=["q_proj"]))
+    lm.peft_config["default"].base_model_name_or_path = DEFAULT_EXPERT
+    base = {"spec": DEFAULT_EXPERT, "fingerprint": "sha256:" + EMBEDDED[DEFAULT_EXPERT].sha256, "kind": "embedded",
+            **models.source_facts(models.ModelSource(DEFAULT_EXPERT, "embedded", str(tmp_path)))}
+    training._save_model(lm, lm.state_dict(), tokenizer, tmp_path / "adapter", base, full=False)
+    written = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert written["base_model_name_or_path"] == EMBEDDED[DEFAULT_EXPERT].about.hub_original
+    assert written["base_model_name_or_path"] == "Qwen/Qwen2.5-Coder-1.5B-Instruct"

@@ -203,7 +203,8 @@ def test_sft_keeps_only_right_finished_unique_solutions():
 
 
 def test_sft_stage_samples_grades_and_trains(model_dirs, tmp_path, monkeypatch):
-    edir, _ = model_dirs
+    monkeypatch.chdir(Path(model_dirs[0]).parent)
+    edir = Path(model_dirs[0]).name  # the expert as a relative path: its adapter must name it absolutely
     data = tmp_path / "p.jsonl"
     data.write_text("".join(json.dumps({"question": p.question, "answer": p.solution}) + "\n"
                             for p in generate_problems(3, seed=5)))
@@ -239,6 +240,9 @@ def test_sft_stage_samples_grades_and_trains(model_dirs, tmp_path, monkeypatch):
     s = read_json(out / "summary.json")
     assert s["problems_sampled"] == 3 and s["trajectories"] == 2 and s["problems_used"] == 1
     assert s["tuned_tokens"] > 0 and (out / "adapter" / "adapter_config.json").exists()
+    # The adapter names its base as PEFT resolves it from anywhere (a local folder: its absolute path).
+    adapter_config = read_json(out / "adapter" / "adapter_config.json")
+    assert adapter_config["base_model_name_or_path"] == str(Path(model_dirs[0]).resolve())
 
 
 def test_sigterm_stops_a_command_like_ctrl_c(model_dirs, tmp_path, monkeypatch):

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ck
-from . import models
+from . import modelcard, models
 from .config import ConfigError, flag, to_dict
 from .generation import pad_id_of
 from .packing import (KeptLogitsLM, Update, attention_backends, collate, empty_batch, micro_batches, packed_loss,
@@ -424,17 +424,10 @@ def _lm_state(state: dict) -> dict:
 
 def _save_model(lm: nn.Module, state: dict, tokenizer: Any, out: Path, expert: dict | None, full: bool) -> None:
     """The adapter (PEFT saves only it; the whole model with ``full``) and the tokenizer, fsynced, so that they are
-    on disk before ``summary.json`` marks the run done."""
+    on disk before ``summary.json`` marks the run done. An adapter's base is named as PEFT and the hub resolve it
+    (:func:`modelcard.set_adapter_base`), for ``train`` and ``sft`` alike."""
     lm.save_pretrained(out, state_dict=state)
-    if not full:
-        _set_adapter_base(out, expert)
+    if not full and expert and (expert.get("base_model") or expert.get("spec")):
+        modelcard.set_adapter_base(out, expert)
     tokenizer.save_pretrained(out)
     ck.fsync_tree(out)
-
-
-def _set_adapter_base(out: Path, expert: dict | None) -> None:
-    """Record the expert spec as the adapter's base model (PEFT's adapter_config.json)."""
-    cfg_path = out / "adapter_config.json"
-    if expert and expert.get("spec") and cfg_path.is_file():
-        data = read_json(cfg_path)
-        data["base_model_name_or_path"] = expert["spec"]
