@@ -71,6 +71,28 @@ def test_a_config_is_checked_on_construction_with_the_command_lines_message(tmp_
         assert text in str(every.value), text
 
 
+def test_an_eval_config_is_checked_on_construction_and_needs_its_model_only_to_run(tmp_path, capsys):
+    cfg = lightreasoner.EvalConfig()  # the defaults build: --model and --output are needed when it runs
+    assert cfg.model is None and cfg.output is None and cfg.batch_size == 32
+    with pytest.raises(ConfigError) as built:
+        lightreasoner.EvalConfig(batch_size=0)
+    assert cli_main(["eval", "--model", "m", "--output", str(tmp_path / "e"), "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert str(built.value) == "invalid configuration:\n  - --batch-size must be > 0, got 0"
+    assert err.strip() == f"lightreasoner eval: error: {built.value}"
+    assert lightreasoner.EvalConfig(batch_size="8", benchmarks=["gsm8k"]).benchmarks == ("gsm8k",)  # coerced
+    with pytest.raises(ConfigError, match="--compare takes two run folders RUN_A,RUN_B, got 1"):
+        lightreasoner.EvalConfig(compare=["a"])
+    with pytest.raises(ConfigError) as e:  # the stage itself requires what construction let wait
+        lightreasoner.evaluate(limit=2)
+    assert "--model is required (or --compare RUN_A,RUN_B)" in str(e.value)
+    assert "--output is required (or --compare RUN_A,RUN_B)" in str(e.value)
+    # Under run the section's own problems name the section's flags, and what run fills may wait.
+    assert lightreasoner.RunConfig(eval={"limit": 3}).eval.limit == 3
+    with pytest.raises(ConfigError, match=r"--eval\.batch-size must be > 0, got 0"):
+        lightreasoner.RunConfig(eval={"batch_size": 0})
+
+
 def test_values_are_coerced_as_the_command_line_coerces_them():
     cfg = lightreasoner.TrainConfig(lr="2e-4", lora_targets=["q_proj", "k_proj"], samples=Path("s.jsonl"),
                                     max_grad_norm="none")

@@ -45,7 +45,7 @@ import torch
 
 from . import layout, shards
 from .benchmarks import ALL_BENCHMARKS, FEW_SHOT, PAPER_BENCHMARKS, SHOT_BENCHMARKS, data_inputs, load_benchmark
-from .config import ConfigError, flag, option, save_config, to_dict
+from .config import Checked, ConfigError, flag, option, save_config, to_dict
 from .evaluation import EvalParams, collect, evaluate_model, extra_path, overall_summary, plan, summary_markdown
 from .grading import GRADERS, grading_versions
 from .models import DTYPES
@@ -62,7 +62,7 @@ _IDENTITY_KEYS = ("model", "model_fingerprint", "adapter_fingerprint", "prompt",
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Checked):
     """Zero-shot greedy pass@1 on the paper's benchmarks, graded as the Qwen2.5-Math toolkit does (or as
     Math-Verify does, --grader math-verify).
 
@@ -111,15 +111,16 @@ class EvalConfig:
                          run_sets=True)
 
     def validate(self) -> list[str]:
+        """Every problem, worded as the command line words it. --model and --output (unless --compare) are
+        required when the stage runs: built in Python (``EvalConfig()``), a config may lack them until then
+        (:func:`config.check` defers a problem of a field still none)."""
         p: list[str] = []
         if self.compare is not None:
             if len(self.compare) != 2:
-                p.append(f"--compare takes two run folders RUN_A,RUN_B, got {len(self.compare)}")
+                p.append(f"{flag('compare')} takes two run folders RUN_A,RUN_B, got {len(self.compare)}")
         else:
-            if not self.model:
-                p.append("--model is required (or --compare RUN_A,RUN_B)")
-            if not self.output:
-                p.append("--output is required (or --compare RUN_A,RUN_B)")
+            p += [f"{flag(name)} is required (or {flag('compare')} RUN_A,RUN_B)" for name in ("model", "output")
+                  if not getattr(self, name)]
         n_demos = min((len(FEW_SHOT.get(b, ())) for b in SHOT_BENCHMARKS), default=0)
         if not 0 <= self.shots <= n_demos:
             p.append(f"{flag('shots')} must be between 0 and {n_demos}, got {self.shots}")
