@@ -23,7 +23,8 @@ from lightreasoner.testing import byte_tokenizer, gsm8k_style_rows, tiny_causal_
 from lightreasoner.utils import DistInfo, read_json
 
 FAST = {"max_new_tokens": 12, "batch_size": 4, "dtype": "float32", "device": "cpu"}
-TIMING = {"seconds", "generation_seconds", "tokens_per_second", "wall_seconds"}
+TIMING = {"seconds", "generation_seconds", "tokens_per_second", "wall_seconds",
+          "time_use_in_second", "time_use_in_minite"}  # the last two: the toolkit metrics' (its spelling)
 
 
 def lines(path: Path) -> list[dict]:
@@ -244,3 +245,17 @@ def test_eval_under_torchrun_equals_one_process(tmp_path, rows):
     assert meta["fingerprint"] == read_json(one / "meta.json")["fingerprint"]
     assert [(m["rank"], m["records"]) for m in meta["per_rank"]["gsm8k"]] == [(0, 4), (1, 3)]
     assert not list(two.glob("*.rank*"))
+    # The toolkit-format files too: the same files, the per-sample lines byte for byte, the same metrics.
+    assert toolkit_files(two) == toolkit_files(one) and len(toolkit_files(one)) == 2
+    for name in toolkit_files(one):
+        a, b = one / "toolkit" / name, two / "toolkit" / name
+        if name.endswith("_metrics.json"):
+            assert without_timing(read_json(b)) == without_timing(read_json(a))
+            assert read_json(a)["num_samples"] == 7
+        else:
+            assert b.read_bytes() == a.read_bytes() and [r["idx"] for r in lines(a)] == list(range(7))
+
+
+def toolkit_files(out: Path) -> list[str]:
+    """The toolkit-format files of an eval output folder, relative to OUTPUT/toolkit/."""
+    return sorted(str(p.relative_to(out / "toolkit")) for p in (out / "toolkit").rglob("*") if p.is_file())
