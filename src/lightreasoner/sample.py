@@ -1,7 +1,8 @@
 """Stage 1, ``lightreasoner sample``: problems -> a samples file of expert prefixes with per-step soft labels.
 
 The expert writes a greedy reasoning prefix for each problem and every step is scored against the amateur
-(:mod:`.sampling`: the method's core; :mod:`.prompts`: the chat prompt). This module is the stage around it:
+(:mod:`.sampling`: the method's core; :mod:`.prompts`: the chat prompt; :mod:`.crosstok`: an amateur with another
+tokenizer, which reads the same text through its own tokenizer). This module is the stage around it:
 problems in fixed batches, records appended per batch (fsynced), so a killed run resumes with the same command
 and ends with exactly the records an uninterrupted run writes. Under ``accelerate launch``/``torchrun`` each rank
 samples every ``world_size``-th batch into its own shard and rank 0 merges the shards in problem order. The stage
@@ -21,12 +22,14 @@ from typing import Any, Sequence
 from . import layout
 from .api import expose, file_output
 from .config import Checked, flag, option, to_dict
+from .crosstok import alignment_summary, same_vocabulary
 from .embedded import DEFAULT_AMATEUR, DEFAULT_EXPERT
 from .generation import pad_id_of
 from .models import revision_problem
 from .problems import Problem, load_problems
 from .prompts import DEFAULT_SYSTEM_PROMPT, build_prompt_ids, eos_ids
 from .sampling import ScoringParams, format_step, reference_records, sample_batch, to_record
+from .textpath import TextPath, text_path
 from .shards import merge_shards, rank_device, shard_path, share, share_cores, wait_for_claim, wait_for_files
 from .utils import (InputError, JsonlAppender, Stopwatch, dist_info, read_complete_jsonl,
                     read_json, write_json, write_jsonl, writes_output)
@@ -67,6 +70,10 @@ class SampleConfig(Checked):
     amateur_pass: str = option("teacher-forced", "how the amateur scores: one pass per batch after generation, "
                                                  "or in lockstep on its own KV cache",
                                choices=("teacher-forced", "lockstep"))
+    amateur_tokens: str = option("auto", "how the amateur reads the expert's completion: ids (the same token ids), "
+                                         "text (its own tokenization of the same text, for an amateur with another "
+                                         "tokenizer; teacher-forced only) or auto (ids when both tokenizers are "
+                                         "the same, else text)", choices=("auto", "ids", "text"))
     format: str = option("ours", "also write the authors' per-step format as <stem>.reference.jsonl",
                          choices=("ours", "reference"))
     dtype: str = option("auto", "model dtype", choices=("auto", "float32", "bfloat16", "float16"), run_sets=True)
@@ -88,6 +95,10 @@ class SampleConfig(Checked):
                 errs.append(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.max_problems is not None and self.max_problems < 1:
             errs.append(f"{flag('max_problems')} must be >= 1 or none, got {self.max_problems}")
+        if self.amateur_tokens == "text" and self.amateur_pass == "lockstep":
+            errs.append(f"{flag('amateur_tokens')} text scores teacher-forced only: drop {flag('amateur_pass')} "
+                        f"lockstep, or use {flag('amateur_tokens')} ids with an amateur sharing the expert's "
+                        f"tokenizer")
         if self.output is not None and not self.output.endswith(".jsonl"):
             errs.append(f"--output must be a .jsonl file, got {self.output!r}")
         revisions = (revision_problem(self.expert, self.expert_revision, flag("expert_revision")),
@@ -107,8 +118,11 @@ def manifest_path(output: str | Path) -> Path:
 def sample_problems(expert: Any, amateur: Any, tokenizer: Any, problems: Sequence[Problem], output: str | Path, *,
                     params: ScoringParams, batch_size: int, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
                     vocab_size: int | None = None, rank: int = 0, world_size: int = 1,
-                    progress: bool = True) -> dict[str, float]:
+                    progress: bool = True, text: TextPath | None = None) -> dict[str, float]:
     """Sample ``problems`` into ``output`` (or this rank's shard of it); skip what a previous run finished.
+
+    ``text``: score on the text path (the amateur with another tokenizer reads its own chat prompt of each
+    question, :mod:`.textpath`); ``None``: the id path, on ``vocab_size`` ids (default: the expert's rows).
 
     Batches are fixed slices of ``problems`` (batch ``b`` = problems ``b*batch_size ...``) and rank ``r`` takes
     batches ``b % world_size == r``, so results never depend on where a run was interrupted or how many
@@ -133,7 +147,10 @@ def sample_problems(expert: Any, amateur: Any, tokenizer: Any, problems: Sequenc
     with JsonlAppender(path) as out:
         for batch in todo:
             prompts = [build_prompt_ids(tokenizer, p.question, system_prompt) for p in batch]
-            trajs = sample_batch(expert, amateur, prompts, eos, pad, vocab_size, params, timer)
+            am_prompts = None if text is None else [build_prompt_ids(text.amateur_tokenizer, p.question,
+                                                                     system_prompt) for p in batch]
+            trajs = sample_batch(expert, amateur, prompts, eos, pad, vocab_size, params, timer, text=text,
+                                 amateur_prompts=am_prompts)
             records = [to_record(p, ids, tr) for p, ids, tr in zip(batch, prompts, trajs) if p.id not in done]
             out.write_many(records)
             for r in records:
@@ -147,13 +164,14 @@ def sample_problems(expert: Any, amateur: Any, tokenizer: Any, problems: Sequenc
 
 
 def summarize(records: Sequence[dict], beta: float) -> dict[str, Any]:
-    """Counts, mean plausible-set size and KL quantiles over all steps of a samples file."""
-    kls = sorted(k for r in records for k in r["kl"])
+    """Counts, mean plausible-set size and KL quantiles over all scored steps of a samples file (the text path's
+    skipped steps have no KL), and on the text path the alignment counts (:func:`crosstok.alignment_summary`)."""
+    kls = sorted(k for r in records for k in r["kl"] if k is not None)
     steps = [s for r in records for s in r["steps"]]
     qs = {}
     for q in (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99):
         qs[f"p{int(q * 100)}"] = round(kls[min(len(kls) - 1, int(q * len(kls)))], 6) if kls else None
-    return {
+    out = {
         "counts": {"problems": len(records), "steps": len(kls), "kept_steps": len(steps),
                    "kept_fraction": round(len(steps) / len(kls), 6) if kls else 0.0,
                    "steps_at_or_above_beta": sum(k >= beta for k in kls),
@@ -164,6 +182,9 @@ def summarize(records: Sequence[dict], beta: float) -> dict[str, Any]:
         "kl_quantiles": qs,
         "kl_mean": round(sum(kls) / len(kls), 6) if kls else None,
     }
+    if any("alignment" in r for r in records):
+        out["alignment"] = alignment_summary(records)
+    return out
 
 
 def identity(cfg: SampleConfig, **inputs: str) -> dict:
@@ -193,9 +214,55 @@ def main(cfg: SampleConfig) -> int:
         return _sample(cfg, info, stage)
 
 
-def _sample(cfg: SampleConfig, info: Any, stage: layout.StageRun | None) -> int:
-    from .models import check_vocab, load_model
+def _load_models(cfg: SampleConfig, device: str) -> tuple[Any, Any]:
+    """The expert and the amateur (:class:`models.LoadedModel`) of a config, on ``device``."""
+    from .models import load_model
 
+    kw = {"dtype": cfg.dtype, "device": device, "trust_remote_code": cfg.trust_remote_code}
+    return (load_model(cfg.expert, revision=cfg.expert_revision, **kw),
+            load_model(cfg.amateur, revision=cfg.amateur_revision, **kw))
+
+
+def _eos_or_none(model: Any) -> list[int]:
+    try:
+        return eos_ids(model.tokenizer, model.model)
+    except InputError:
+        return []
+
+
+def choose_amateur_path(cfg: SampleConfig, expert: Any, amateur: Any) -> tuple[int, TextPath | None, dict]:
+    """How the amateur reads the expert's completions (``cfg.amateur_tokens``; ``auto``: ids when both tokenizers
+    map the same ids to the same tokens, else text). Returns the compared width, the text path (``None``: ids)
+    and what the manifest records (``path``, ``reason``); logs the choice. Raises :class:`InputError` for the
+    text path with ``lockstep`` and, on the id path, for differing tokenizers without --allow-vocab-mismatch."""
+    from .models import check_vocab
+
+    mode, reason = cfg.amateur_tokens, f"{flag('amateur_tokens')} {cfg.amateur_tokens}"
+    if mode == "auto":
+        if same_vocabulary(expert.tokenizer, amateur.tokenizer):
+            mode, reason = "ids", "auto: both tokenizers map the same ids to the same tokens"
+        elif cfg.allow_vocab_mismatch:
+            mode, reason = "ids", f"auto: the tokenizers differ and {flag('allow_vocab_mismatch')} compares ids"
+        else:
+            mode, reason = "text", (f"auto: the tokenizers differ ({len(expert.tokenizer)} vs "
+                                    f"{len(amateur.tokenizer)} tokens, not the same id for id)")
+    if mode == "ids":
+        vocab = check_vocab(expert, amateur, cfg.allow_vocab_mismatch)
+        logger.info("the amateur reads the expert's token ids (id path; %s)", reason)
+        return vocab, None, {"path": "ids", "reason": reason}
+    if cfg.amateur_pass == "lockstep":
+        raise InputError(f"the amateur {cfg.amateur!r} takes the text path ({reason}), which scores teacher-forced "
+                         f"only: drop {flag('amateur_pass')} lockstep, or pass {flag('amateur_tokens')} ids "
+                         f"(with {flag('allow_vocab_mismatch')} for differing tokenizers)")
+    tp = text_path(expert.tokenizer, amateur.tokenizer, expert_rows=expert.vocab_rows,
+                   amateur_rows=amateur.vocab_rows, expert_eos=_eos_or_none(expert),
+                   amateur_eos=_eos_or_none(amateur))
+    logger.info("the amateur reads the expert's text through its own tokenizer (text path; %s)", reason)
+    return tp.vmap.expert_width, tp, {"path": "text", "reason": reason, "fast_path": tp.vmap.fast,
+                                      "unmapped_amateur_ids": tp.vmap.unmapped, "same_token_ids": tp.vmap.twins}
+
+
+def _sample(cfg: SampleConfig, info: Any, stage: layout.StageRun | None) -> int:
     output = Path(cfg.output)
     stats: dict[str, Any] = {}
     problems = load_problems(cfg.data, split=cfg.split, question_field=cfg.question_field, answer_field=None,
@@ -206,11 +273,8 @@ def _sample(cfg: SampleConfig, info: Any, stage: layout.StageRun | None) -> int:
     share_cores(info)
     device = rank_device(cfg.device, info)
     t_load = time.perf_counter()
-    expert = load_model(cfg.expert, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
-                        revision=cfg.expert_revision)
-    amateur = load_model(cfg.amateur, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code,
-                         revision=cfg.amateur_revision)
-    vocab = check_vocab(expert, amateur, cfg.allow_vocab_mismatch)
+    expert, amateur = _load_models(cfg, device)
+    vocab, text, path_facts = choose_amateur_path(cfg, expert, amateur)
     load_s = time.perf_counter() - t_load
     if stage is not None:
         stage.start()
@@ -220,7 +284,7 @@ def _sample(cfg: SampleConfig, info: Any, stage: layout.StageRun | None) -> int:
     timings = sample_problems(expert.model, amateur.model, expert.tokenizer, problems, output,
                               params=ScoringParams.from_config(cfg), batch_size=cfg.batch_size,
                               system_prompt=cfg.system_prompt, vocab_size=vocab, rank=info.rank,
-                              world_size=info.world_size, progress=cfg.progress)
+                              world_size=info.world_size, progress=cfg.progress, text=text)
     timings = {k: round(v + prev.get(k, 0.0), 3) for k, v in
                {**timings, "total": time.perf_counter() - t0, "model_load": load_s}.items()}
     write_json(state_path, timings)
@@ -247,7 +311,8 @@ def _sample(cfg: SampleConfig, info: Any, stage: layout.StageRun | None) -> int:
         "expert": expert.describe(),
         "amateur": amateur.describe(),
         "compared_vocab": vocab,
-        **{k: v for k, v in summary.items() if k != "counts"},
+        "amateur_tokens": {**path_facts, **summary.get("alignment", {})},
+        **{k: v for k, v in summary.items() if k not in ("counts", "alignment")},
         "timings": {"per_rank": all_timings,
                     "generation_s": round(sum(t.get("generation", 0) for t in all_timings), 3),
                     "scoring_s": round(sum(t.get("scoring", 0) for t in all_timings), 3),
@@ -257,6 +322,11 @@ def _sample(cfg: SampleConfig, info: Any, stage: layout.StageRun | None) -> int:
     logger.info("wrote %s: %d problems, %d/%d steps kept (%.1f%%), mean plausible set %.2f", output,
                 c["problems"], c["kept_steps"], c["steps"], 100 * c["kept_fraction"],
                 c["mean_plausible_set_size"] or math.nan)
+    if "alignment" in summary:
+        a = summary["alignment"]
+        logger.info("text path: %d aligned, %d marginalised, %d approximated, %d skipped steps; mean dropped "
+                    "amateur mass %.2g", a["aligned"], a["marginalised"], a["approximated"], a["skipped"],
+                    a["mean_dropped_mass"] or 0.0)
     return 0
 
 

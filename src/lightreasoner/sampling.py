@@ -6,7 +6,8 @@ For each problem the expert greedily writes up to ``max_new_tokens`` tokens, thr
 the step's KL, entropies, top tokens and, for kept steps (``KL >= beta``), the sparse contrastive soft label.
 Full-vocabulary distributions never outlive their step (lockstep) or their chunk of steps (teacher-forced).
 
-Two ways to score with the amateur (``amateur_pass``), both exact:
+Two ways to score with the amateur (``amateur_pass``), both exact (on the id path: both models share one
+tokenizer; an amateur with another tokenizer takes the text path, :mod:`.textpath`, teacher-forced only):
 
 - ``lockstep``: a per-step hook of the loop (:class:`_Lockstep`) keeps the amateur's own KV cache, feeds it each
   token the expert was fed, and scores the step;
@@ -27,9 +28,11 @@ from typing import Any, Sequence
 import torch
 
 from .contrast import StepReduction, reduce_step
+from .crosstok import CODES
 from .decoder import CachedDecoder, RowInvariant, hidden_states
 from .generation import StepView, stream
 from .problems import Problem
+from .textpath import TextPath, score_text
 from .utils import Stopwatch
 
 
@@ -56,16 +59,23 @@ class ScoringParams:
 class _Trajectory:
     """Per-problem accumulator of a batch."""
 
-    __slots__ = ("completion", "kl", "ent_e", "ent_a", "agree", "steps", "done")
+    __slots__ = ("completion", "kl", "ent_e", "ent_a", "agree", "steps", "done", "alignment", "dropped")
 
     def __init__(self) -> None:
         self.completion: list[int] = []
-        self.kl: list[float] = []
-        self.ent_e: list[float] = []
-        self.ent_a: list[float] = []
-        self.agree: list[bool] = []
+        self.kl: list[float | None] = []
+        self.ent_e: list[float | None] = []
+        self.ent_a: list[float | None] = []
+        self.agree: list[bool | None] = []
         self.steps: list[dict] = []
         self.done = False
+        self.alignment: str | None = None  # text path: one code per step (crosstok.CODES)
+        self.dropped = 0.0  # text path: amateur mass dropped (unmapped ids), summed over scored steps
+
+    def skip(self) -> None:
+        """Record the next step as not scored (text path: no amateur boundary there)."""
+        for values in (self.kl, self.ent_e, self.ent_a, self.agree):
+            values.append(None)
 
     def add(self, t: int, red: StepReduction, i: int, params: ScoringParams, kl_row: list, ent_e: list,
             ent_a: list, agree: list) -> None:
@@ -132,12 +142,18 @@ class _Lockstep:
 
 @torch.inference_mode()
 def sample_batch(expert: Any, amateur: Any, prompts: Sequence[Sequence[int]], eos_ids: Sequence[int], pad_id: int,
-                 vocab_size: int, params: ScoringParams, timer: Stopwatch | None = None) -> list[_Trajectory]:
+                 vocab_size: int, params: ScoringParams, timer: Stopwatch | None = None, *,
+                 text: TextPath | None = None, amateur_prompts: Sequence[Sequence[int]] | None = None
+                 ) -> list[_Trajectory]:
     """Generate greedily with the expert and score every step against the amateur, for one batch.
 
-    ``vocab_size``: the common logit width both models are compared on (see :func:`models.check_vocab`).
-    Returns one :class:`_Trajectory` per prompt, in order. ``timer`` gets ``generation`` and ``scoring`` seconds.
+    ``vocab_size``: the common logit width both models are compared on (see :func:`models.check_vocab`; unused on
+    the text path). ``text``: score on the text path (:mod:`.textpath`), the amateur reading ``amateur_prompts``
+    (its own chat template; default ``prompts``). Returns one :class:`_Trajectory` per prompt, in order.
+    ``timer`` gets ``generation`` and ``scoring`` seconds.
     """
+    if text is not None and params.amateur_pass == "lockstep":
+        raise ValueError("the text path scores teacher-forced only (amateur_pass='lockstep' given)")
     timer = timer or Stopwatch()
     device = next(expert.parameters()).device
     lockstep = params.amateur_pass == "lockstep"
@@ -164,20 +180,26 @@ def sample_batch(expert: Any, amateur: Any, prompts: Sequence[Sequence[int]], eo
     timer.totals["generation"] = timer.totals.get("generation", 0.0) + generation
     if not lockstep:
         with timer("scoring"):
-            _score_teacher_forced(expert, amateur, prompts, trajs, hidden, live_rows, pad_id, vocab_size, params)
+            h_e = _expert_states(hidden, live_rows, len(prompts))
+            if text is not None:
+                score_text(expert, amateur, amateur_prompts or prompts, trajs, h_e, text, params)
+            else:
+                _score_teacher_forced(expert, amateur, prompts, trajs, h_e, vocab_size, params)
     return trajs
 
 
-def _score_teacher_forced(expert: Any, amateur: Any, prompts: Sequence[Sequence[int]], trajs: list[_Trajectory],
-                          hidden: list[torch.Tensor], live_rows: list[torch.Tensor], pad_id: int, vocab_size: int,
-                          params: ScoringParams) -> None:
-    """One amateur pass over the finished trajectories, then both output layers on chunks of steps."""
-    device = next(amateur.parameters()).device
-    B, H = len(prompts), hidden[0].shape[-1]
-    T = len(hidden)
-    h_e = hidden[0].new_zeros((B, T, H))
+def _expert_states(hidden: list[torch.Tensor], live_rows: list[torch.Tensor], batch: int) -> torch.Tensor:
+    """The expert's final hidden states ``[B, T, H]`` from the per-step ``[B_live, H]`` of the live rows."""
+    h_e = hidden[0].new_zeros((batch, len(hidden), hidden[0].shape[-1]))
     for t, (h, r) in enumerate(zip(hidden, live_rows)):
         h_e[r, t] = h
+    return h_e
+
+
+def _score_teacher_forced(expert: Any, amateur: Any, prompts: Sequence[Sequence[int]], trajs: list[_Trajectory],
+                          h_e: torch.Tensor, vocab_size: int, params: ScoringParams) -> None:
+    """One amateur pass over the finished trajectories, then both output layers on chunks of steps."""
+    device = next(amateur.parameters()).device
     # The amateur reads each prompt + completion[:-1] on its own (packed, batch-invariant); step t of row i is
     # predicted at position len(prompt_i) - 1 + t of its sequence, row start[i] + that of the packed states.
     seqs = [list(p) + tr.completion[:-1] for p, tr in zip(prompts, trajs)]
@@ -203,10 +225,15 @@ def _score_teacher_forced(expert: Any, amateur: Any, prompts: Sequence[Sequence[
 
 
 def to_record(problem: Problem, prompt_ids: Sequence[int], tr: _Trajectory) -> dict:
-    """A problem's record in the samples file."""
-    return {"id": problem.id, "question": problem.question, "prompt_ids": list(prompt_ids),
-            "completion_ids": tr.completion, "kl": tr.kl, "expert_entropy": tr.ent_e, "amateur_entropy": tr.ent_a,
-            "top1_agree": tr.agree, "steps": tr.steps}
+    """A problem's record in the samples file. On the text path also ``alignment`` (one code per step,
+    :data:`crosstok.CODES`; skipped steps have null statistics) and ``dropped_mass`` (the amateur's unmapped
+    mass, summed over the scored steps)."""
+    rec = {"id": problem.id, "question": problem.question, "prompt_ids": list(prompt_ids),
+           "completion_ids": tr.completion, "kl": tr.kl, "expert_entropy": tr.ent_e, "amateur_entropy": tr.ent_a,
+           "top1_agree": tr.agree, "steps": tr.steps}
+    if tr.alignment is not None:
+        rec.update(alignment=tr.alignment, dropped_mass=round(tr.dropped, 6))
+    return rec
 
 
 def reference_records(records: Sequence[dict], tokenizer: Any) -> list[dict]:
@@ -230,7 +257,8 @@ def format_step(record: dict, step: dict, tokenizer: Any, context: int = 12) -> 
         return "  ".join(f"{tokenizer.decode([int(i)])!r} {p:.3f}" for i, p in pairs)
 
     label = list(zip(step["token_ids"], step["weights"]))
-    return (f"[{record['id']} step {step['pos']}] KL {step['kl']:.3f}\n"
+    how = f" ({CODES[record['alignment'][step['pos']]]})" if record.get("alignment") else ""
+    return (f"[{record['id']} step {step['pos']}] KL {step['kl']:.3f}{how}\n"
             f"  ...{prefix!r}\n"
             f"  expert : {toks(step['expert_top'])}\n"
             f"  amateur: {toks(step['amateur_top'])}\n"

@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ..crosstok import CODES, alignment_summary
 from ..sampling import format_step
 from .data import RunData
 from .document import Doc, fmt
@@ -27,10 +28,12 @@ HIGH_KL = 1.0
 
 
 def _steps_view(records: list[dict]) -> dict[str, list]:
-    """Flat per-step lists over all records (steps t >= 1, as the authors' analysis)."""
+    """Flat per-step lists over all records (scored steps t >= 1, as the authors' analysis)."""
     out: dict[str, list] = {"kl": [], "he": [], "ha": [], "agree": []}
     for r in records:
         for t in range(1, len(r["kl"])):
+            if r["kl"][t] is None:  # the text path's skipped steps
+                continue
             out["kl"].append(r["kl"][t])
             out["he"].append(r["expert_entropy"][t])
             out["ha"].append(r["amateur_entropy"][t])
@@ -53,11 +56,16 @@ def section_sampling(doc: Doc, data: RunData, figdir: Path, opts: Options) -> No
         return
     beta = data.sample_setting("beta")
     alpha = data.sample_setting("alpha")
-    kls = [k for r in recs for k in r["kl"]]
+    kls = [k for r in recs for k in r["kl"] if k is not None]  # the text path's skipped steps have none
     steps = [s for r in recs for s in r["steps"]]
     above = sum(k >= beta for k in kls) if beta is not None else None
     facts = [f"problems: {len(recs):,}", f"expert steps (tokens): {len(kls):,}",
              f"kept steps: {len(steps):,} ({100 * len(steps) / max(1, len(kls)):.1f}% of steps)"]
+    if any("alignment" in r for r in recs):
+        a = alignment_summary(recs)
+        facts.append("text path (an amateur with another tokenizer): " + ", ".join(
+            f"{a[name]:,} {name}" for name in CODES.values()) + f" steps; mean dropped amateur mass "
+            f"{fmt(a['mean_dropped_mass'])}")
     if above is not None:
         facts.append(f"steps with KL >= beta ({beta}): {above:,} ({100 * above / max(1, len(kls)):.1f}%)")
     if steps:
