@@ -29,8 +29,8 @@ from .models import revision_problem
 from .problems import Problem, load_problems
 from .prompts import DEFAULT_SYSTEM_PROMPT, build_prompt_ids, eos_ids
 from .sampling import ScoringParams, format_step, reference_records, sample_batch, to_record
-from .textpath import TextPath, text_path
 from .shards import merge_shards, rank_device, shard_path, share, share_cores, wait_for_claim, wait_for_files
+from .textpath import TextPath, text_path
 from .utils import (InputError, JsonlAppender, Stopwatch, dist_info, read_complete_jsonl,
                     read_json, write_json, write_jsonl, writes_output)
 
