@@ -60,13 +60,14 @@ def chat_text(tokenizer: Any, system_prompt: str, user: str) -> str:
 def build_prompt_ids(tokenizer: Any, question: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> list[int]:
     """Token ids of the chat prompt used for sampling, training and SFT (system + user turn, generation prompt).
 
-    Without a chat template: ``"{system}\\n\\nQuestion: {question}\\nAnswer:"``.
+    Without a chat template: ``"{system}\\n\\nQuestion: {question}\\nAnswer:"``, encoded with the tokenizer's own
+    special tokens (a rendered chat template already holds them; a plain text does not, and Gemma-3 writes only
+    repetition without its ``<bos>`` first).
     """
     if getattr(tokenizer, "chat_template", None):
-        text = chat_text(tokenizer, system_prompt, question)
-    else:
-        text = f"{system_prompt}\n\nQuestion: {question}\nAnswer:"
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(tokenizer(chat_text(tokenizer, system_prompt, question), add_special_tokens=False)["input_ids"])
+    text = f"{system_prompt}\n\nQuestion: {question}\nAnswer:"
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[str], prompt_type: str = "qwen25-math") -> list[list[int]]:
