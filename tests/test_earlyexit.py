@@ -222,3 +222,35 @@ def test_stage_input_of_a_self_amateur_follows_the_expert_and_the_layer(tmp_path
         layout.amateur_input("self:x", None, "sha256:e1")
     with pytest.raises(InputError, match="--amateur-revision"):
         layout.amateur_input("self:4", "v1", "sha256:e1")
+
+
+
+def test_sample_cli_with_self_layer_amateur(model_dirs, tmp_path, gsm8k_file, capsys):
+    """`lightreasoner sample --amateur self:1`: the manifest says what the amateur is, its identity names the
+    expert, and a layer the expert lacks or a malformed spec stops before any record is written."""
+    import json
+
+    from lightreasoner import sample as S
+    from lightreasoner.cli import main as cli_main
+
+    edir, _ = model_dirs
+
+    def args(amateur: str, out) -> list[str]:
+        return ["sample", "--expert", edir, "--amateur", amateur, "--data", str(gsm8k_file), "--output", str(out),
+                "--max-new-tokens", "6", "--batch-size", "2", "--beta", "0", "--no-progress"]
+
+    out = tmp_path / "s" / "samples.jsonl"
+    assert cli_main(args("self:1", out)) == 0
+    m = json.loads(S.manifest_path(out).read_text())
+    assert m["amateur"]["kind"] == "early exit" and m["amateur"]["layer"] == 1
+    assert m["amateur"]["of"]["fingerprint"] == m["expert"]["fingerprint"]
+    assert m["identity"]["inputs"]["amateur"].startswith("self:1 of ")
+    assert m["counts"]["kept_steps"] > 0 and m["complete"]
+    capsys.readouterr()
+    bad = tmp_path / "t" / "samples.jsonl"
+    assert cli_main(args("self:x", bad)) == 2
+    assert "--amateur 'self:x'" in capsys.readouterr().err
+    assert cli_main(args("self:2", bad)) == 2  # the tiny expert has 2 layers
+    err = capsys.readouterr().err
+    assert "--amateur" in err and "2" in err
+    assert not bad.exists()

@@ -55,7 +55,8 @@ class RunConfig(Checked):
     output: str = option("runs/embedded", "run folder (everything goes here; rerun the command to resume)",
                          result=False)
     expert: str = option(DEFAULT_EXPERT, "expert model: embedded name, .gguf file, checkpoint folder or hub id")
-    amateur: str = option(DEFAULT_AMATEUR, "amateur model (same forms)")
+    amateur: str = option(DEFAULT_AMATEUR, "amateur model (same forms), or self:LAYER (the expert's own early "
+                                           "layers)")
     expert_revision: str | None = option(None, "branch, tag or commit of a hub --expert, for every stage that "
                                                "loads it (none: its main branch)", result=False)
     amateur_revision: str | None = option(None, "branch, tag or commit of a hub --amateur", result=False)

@@ -24,6 +24,7 @@ from .api import expose, file_output
 from .config import Checked, flag, option, to_dict
 from .crosstok import alignment_summary, same_vocabulary
 from .embedded import DEFAULT_AMATEUR, DEFAULT_EXPERT
+from .earlyexit import parse_self_spec
 from .generation import pad_id_of
 from .models import revision_problem
 from .problems import Problem, load_problems
@@ -46,7 +47,9 @@ class SampleConfig(Checked):
     output: str = option(help="samples file to write (JSONL); its manifest goes next to it", result=False)
     expert: str = option(DEFAULT_EXPERT, "expert model: embedded name, .gguf file, checkpoint folder or hub id",
                          run_sets=True)
-    amateur: str = option(DEFAULT_AMATEUR, "amateur model (same forms as --expert)", run_sets=True)
+    amateur: str = option(DEFAULT_AMATEUR, "amateur model (same forms as --expert), or self:LAYER: the expert's "
+                                           "own first LAYER layers through its final norm and output layer",
+                          run_sets=True)
     expert_revision: str | None = option(None, "branch, tag or commit of a hub --expert (none: its main branch)",
                                          run_sets=True, result=False)  # part of the expert's input fingerprint
     amateur_revision: str | None = option(None, "branch, tag or commit of a hub --amateur", run_sets=True,
@@ -101,6 +104,10 @@ class SampleConfig(Checked):
                         f"tokenizer")
         if self.output is not None and not self.output.endswith(".jsonl"):
             errs.append(f"--output must be a .jsonl file, got {self.output!r}")
+        try:
+            parse_self_spec(self.amateur, flag("amateur"))
+        except InputError as e:
+            errs.append(str(e))
         revisions = (revision_problem(self.expert, self.expert_revision, flag("expert_revision")),
                      revision_problem(self.amateur, self.amateur_revision, flag("amateur_revision")))
         return errs + [p for p in revisions if p]
@@ -190,10 +197,11 @@ def summarize(records: Sequence[dict], beta: float) -> dict[str, Any]:
 def identity(cfg: SampleConfig, **inputs: str) -> dict:
     """The sampling stage's identity (see :mod:`.layout`): its result settings and its inputs' fingerprints
     (``inputs`` overrides them, e.g. ``run`` naming a model by an upstream stage's fingerprint)."""
-    found = {"expert": lambda: layout.model_input(cfg.expert, cfg.expert_revision),
-             "amateur": lambda: layout.model_input(cfg.amateur, cfg.amateur_revision),
+    expert = inputs.get("expert") or layout.model_input(cfg.expert, cfg.expert_revision)
+    found = {"amateur": lambda: layout.amateur_input(cfg.amateur, cfg.amateur_revision, expert),
              "data": lambda: layout.data_input(cfg.data)}
-    ident = layout.stage_identity("sample", cfg, {k: inputs.get(k) or f() for k, f in found.items()})
+    ident = layout.stage_identity("sample", cfg, {"expert": expert,
+                                                  **{k: inputs.get(k) or f() for k, f in found.items()}})
     ident["settings"]["file"] = Path(cfg.output).name  # one samples file per stage folder
     return ident
 
@@ -216,11 +224,11 @@ def main(cfg: SampleConfig) -> int:
 
 def _load_models(cfg: SampleConfig, device: str) -> tuple[Any, Any]:
     """The expert and the amateur (:class:`models.LoadedModel`) of a config, on ``device``."""
-    from .models import load_model
+    from .models import load_amateur, load_model
 
     kw = {"dtype": cfg.dtype, "device": device, "trust_remote_code": cfg.trust_remote_code}
-    return (load_model(cfg.expert, revision=cfg.expert_revision, **kw),
-            load_model(cfg.amateur, revision=cfg.amateur_revision, **kw))
+    expert = load_model(cfg.expert, revision=cfg.expert_revision, **kw)
+    return expert, load_amateur(cfg.amateur, expert, revision=cfg.amateur_revision, **kw)
 
 
 def _eos_or_none(model: Any) -> list[int]:
