@@ -1,0 +1,312 @@
+"""The expertise-gap study (issue 16): where does LightReasoner pay on the models this machine can run?
+
+Every arm is an expert tuned with one amateur, evaluated on the whole GSM8K test and paired against its base:
+
+    expert                        amateurs
+    qwen2.5-coder-0.5b-instruct   smollm2-135m-instruct, gemma-3-270m, self:LAYER
+    qwen2.5-coder-1.5b-instruct   qwen2.5-coder-0.5b-instruct, smollm2-135m-instruct, self:LAYER
+                                  (+ the 1.5B/0.5B pair at the paper's budget)
+
+Budgets: ``embedded`` = the default run's (128 problems, 100 updates of 16, lr 1e-4 constant); ``paper`` = the
+paper's (1,000 problems, 1,000 updates of 16, lr 5e-5 with linear decay). Sampling otherwise at the stage defaults
+(alpha 0.2, beta 0.4, 128-token prefixes); the tuned expert is evaluated with its adapter (no merged copy on disk).
+Every evaluation: whole GSM8K test, the chat prompt (the toolkit's raw qwen25-math prompt for Gemma-3-270M, which
+has no chat template), greedy, 512 new tokens, 64 slots (batch-invariant).
+
+**The gap** of an arm is the expert's base accuracy minus the amateur's own accuracy on the same test.
+
+**The early layer** (``self:LAYER``) is chosen by a rule fixed before any test accuracy is seen: on the first 100
+GSM8K *train* problems, the target is the accuracy of the expert's best external amateur (the most accurate one in
+its row above); layers are scanned downward from the last but one in steps of 2 and the scan stops after the first
+layer below the target; the scanned layer whose accuracy is closest to the target is chosen (ties: the deeper).
+
+Each job is a stage command (or, for the layer scan, one in-process evaluation) writing its own folder under
+``--root``; every one resumes, so ``run`` continues where a killed run stopped. ``plan`` prints the commands and
+what is done; ``table`` writes gap_study.json / .md and gain_vs_gap.png into --root from the finished folders.
+
+    python benchmarks/gap_study.py plan
+    python benchmarks/gap_study.py run [--only SUBSTRING]
+    python benchmarks/gap_study.py table
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+E05, E15 = "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"
+SMOL, GEMMA = "smollm2-135m-instruct", "gemma-3-270m"
+SELF = "self"  # the chosen early layer, resolved from ROOT/layers/<expert>/choice.json
+AMATEURS = {E05: [SMOL, GEMMA, SELF], E15: [E05, SMOL, SELF]}
+EVAL = ["--benchmarks", "gsm8k", "--max-new-tokens", "512", "--batch-size", "64"]
+BUDGETS = {"embedded": ["--max-steps", "100", "--lr", "1e-4", "--lr-scheduler", "constant"],
+           "paper": ["--max-steps", "1000", "--lr", "5e-5", "--lr-scheduler", "linear"]}
+PROBLEMS = {"embedded": 128, "paper": 1000}
+LAYER_PROBLEMS = 100
+NO_CHAT_TEMPLATE = {GEMMA}  # evaluated with the toolkit's raw prompt (its <bos> added); sampled with a plain one
+
+
+@dataclass(frozen=True)
+class Arm:
+    expert: str
+    amateur: str
+    budget: str = "embedded"
+
+    @property
+    def name(self) -> str:
+        return f"{short(self.expert)}__{short(self.amateur)}__{self.budget}"
+
+
+ARMS = [Arm(e, a) for e, amateurs in AMATEURS.items() for a in amateurs] + [Arm(E15, E05, "paper")]
+
+
+def short(spec: str) -> str:
+    return spec.replace("qwen2.5-coder-", "coder-").replace("-instruct", "").replace(":", "")
+
+
+@dataclass
+class Job:
+    name: str
+    folder: Path
+    run: Callable[[], None]
+    describe: str
+
+    def done(self) -> bool:
+        return (self.folder / "meta.json").exists()
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lightreasoner", *args]
+
+
+def command_job(name: str, folder: Path, argv_of: Callable[[], list[str]]) -> Job:
+    def run() -> None:
+        argv = argv_of()
+        print("$", " ".join(argv[2:]), flush=True)
+        subprocess.run(argv, check=True)
+    try:
+        shown = " ".join(argv_of()[2:])
+    except FileNotFoundError as e:  # an argument that an earlier job decides (the chosen layer)
+        shown = f"(after an earlier job: {e})"
+    return Job(name, folder, run, shown)
+
+
+def chosen_layer(root: Path, expert: str) -> str:
+    choice = root / "layers" / short(expert) / "choice.json"
+    if not choice.exists():
+        raise FileNotFoundError(f"{choice} (the layer scan) is not written yet")
+    return f"self:{json.loads(choice.read_text())['layer']}"
+
+
+def resolve(root: Path, arm: Arm) -> str:
+    return chosen_layer(root, arm.expert) if arm.amateur == SELF else arm.amateur
+
+
+def train_problems_dir(root: Path) -> Path:
+    """The first LAYER_PROBLEMS GSM8K train problems in the toolkit's layout (DIR/gsm8k/test.jsonl)."""
+    import lightreasoner.data as data
+
+    out = root / "layers" / "data"
+    path = out / "gsm8k" / "test.jsonl"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        src = Path(data.__file__).with_name("gsm8k_train.jsonl.gz")
+        with gzip.open(src, "rt") as fh:
+            rows = [json.loads(line) for _, line in zip(range(LAYER_PROBLEMS), fh)]
+        path.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n"
+                                for r in rows))
+    return out
+
+
+def eval_job(root: Path, name: str, model_of: Callable[[], list[str]], folder: Path, *extra: str) -> Job:
+    def argv() -> list[str]:
+        model = model_of()
+        prompt = "qwen25-math" if model[1] in NO_CHAT_TEMPLATE else "chat"
+        return cli("eval", *model, "--prompt", prompt, *EVAL, *extra, "--output", str(folder))
+    return command_job(name, folder, argv)
+
+
+def layer_accuracy(root: Path, expert: str, layer: int) -> float:
+    """Accuracy of the expert's early exit at ``layer`` on the layer-choice problems (resumable)."""
+    from lightreasoner.benchmarks import load_benchmark
+    from lightreasoner.evaluation import EvalParams, evaluate_model
+    from lightreasoner.models import load_amateur, load_model
+
+    folder = root / "layers" / short(expert) / f"layer{layer:02d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = folder / "summary.json"
+    if not summary.exists():
+        base = load_model(expert)
+        view = load_amateur(f"self:{layer}", base)
+        examples = load_benchmark("gsm8k", train_problems_dir(root))
+        params = EvalParams(prompt="chat", max_new_tokens=512, batch_size=64)
+        result = evaluate_model(view.model, view.tokenizer, "gsm8k", examples, params,
+                                output_path=folder / "gsm8k.jsonl")
+        result.pop("records", None)
+        summary.write_text(json.dumps(result, indent=1))
+    return float(json.loads(summary.read_text())["accuracy"])
+
+
+def scan_layers(root: Path, expert: str) -> None:
+    """The stated rule (module docstring): scan down from L-2 in steps of 2 until below the target."""
+    from transformers import AutoConfig
+
+    from lightreasoner.embedded import ensure_checkpoint
+
+    externals = [a for a in AMATEURS[expert] if a != SELF]
+    target = max(json.loads((root / "layers" / short(a) / "summary.json").read_text())["average"]
+                 for a in externals)
+    n_layers = AutoConfig.from_pretrained(ensure_checkpoint(expert)).num_hidden_layers
+    scanned: dict[int, float] = {}
+    for layer in range(n_layers - 2, 0, -2):
+        scanned[layer] = layer_accuracy(root, expert, layer)
+        print(f"{expert} layer {layer}: {scanned[layer]:.1f} (target {target:.1f})", flush=True)
+        if scanned[layer] < target:
+            break
+    best = min(scanned, key=lambda k: (abs(scanned[k] - target), -k))
+    folder = root / "layers" / short(expert)
+    (folder / "choice.json").write_text(json.dumps({
+        "layer": best, "target": target, "target_from": externals, "scanned": scanned,
+        "rule": "closest to the best external amateur's accuracy on the first 100 GSM8K train problems; scan "
+                "down from L-2 in steps of 2, stop after the first layer below the target; ties: deeper"},
+        indent=1))
+    (folder / "meta.json").write_text(json.dumps({"done": True}))
+
+
+def jobs(root: Path) -> list[Job]:
+    out: list[Job] = []
+    models = sorted({*AMATEURS, *(a for v in AMATEURS.values() for a in v if a != SELF)})
+    for m in models:  # every model's own accuracy: the bases and the gaps
+        out.append(eval_job(root, f"eval {m}", lambda m=m: ["--model", m], root / "eval" / short(m)))
+    for m in models:  # the same, on the layer-choice train problems
+        out.append(eval_job(root, f"layer-target {m}", lambda m=m: ["--model", m],
+                            root / "layers" / short(m), "--data-dir", str(root / "layers" / "data")))
+    for e in AMATEURS:
+        out.append(Job(f"layer scan {e}", root / "layers" / short(e), lambda e=e: scan_layers(root, e),
+                       f"in-process: self:L for L = {'L-2, L-4, ...'} on {LAYER_PROBLEMS} train problems"))
+    for arm in ARMS:
+        d = root / "arms" / arm.name
+        out.append(command_job(f"sample {arm.name}", d / "sample", lambda arm=arm, d=d: cli(
+            "sample", "--expert", arm.expert, "--amateur", resolve(root, arm), "--data", "gsm8k",
+            "--max-problems", str(PROBLEMS[arm.budget]), "--batch-size", "32",
+            "--output", str(d / "sample" / "samples.jsonl"))))
+        out.append(command_job(f"train {arm.name}", d / "train", lambda arm=arm, d=d: cli(
+            "train", "--expert", arm.expert, "--samples", str(d / "sample" / "samples.jsonl"),
+            *BUDGETS[arm.budget], "--output", str(d / "train"))))
+        out.append(eval_job(root, f"eval {arm.name}", lambda arm=arm, d=d: [
+            "--model", arm.expert, "--adapter", str(d / "train")], d / "eval"))
+    return out
+
+
+def run(root: Path, only: str | None) -> None:
+    if not (root / "layers" / "data").exists():
+        train_problems_dir(root)
+    for job in jobs(root):
+        if only and only not in job.name:
+            continue
+        if job.done():
+            print(f"done: {job.name}")
+            continue
+        print(f"== {job.name} ({time.strftime('%H:%M:%S')})", flush=True)
+        t0 = time.perf_counter()
+        job.run()
+        print(f"== {job.name}: {(time.perf_counter() - t0) / 3600:.2f} h", flush=True)
+
+
+def table(root: Path) -> None:
+    from lightreasoner.stats import compare_runs
+
+    def accuracy(folder: Path) -> float | None:
+        s = folder / "summary.json"
+        return json.loads(s.read_text())["average"] if s.exists() else None
+
+    rows = []
+    for arm in ARMS:
+        d = root / "arms" / arm.name
+        base, tuned = root / "eval" / short(arm.expert), d / "eval"
+        amateur = arm.amateur
+        if amateur == SELF:
+            try:
+                amateur = chosen_layer(root, arm.expert)
+            except FileNotFoundError:
+                pass
+        am_acc = accuracy(root / "eval" / short(arm.amateur)) if arm.amateur != SELF else None
+        meta = d / "sample" / "meta.json"
+        kept = json.loads(meta.read_text())["counts"]["kept_fraction"] if meta.exists() else None
+        row = {"arm": arm.name, "expert": arm.expert, "amateur": amateur, "budget": arm.budget,
+               "base": accuracy(base), "amateur_accuracy": am_acc, "kept_fraction": kept, "tuned": accuracy(tuned)}
+        row["gap"] = None if row["base"] is None or am_acc is None else round(row["base"] - am_acc, 1)
+        if (base / "meta.json").exists() and (tuned / "meta.json").exists():
+            row["paired"] = compare_runs(base, tuned)
+        rows.append(row)
+    (root / "gap_study.json").write_text(json.dumps(rows, indent=1))
+    lines = ["| expert | amateur | budget | base | amateur acc | gap | kept | tuned | change (95% CI) | p "
+             "| detectable |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        p = (r.get("paired") or {}).get("benchmarks", {}).get("gsm8k", {})
+        ci = p.get("delta_ci95")
+        lines.append(f"| {short(r['expert'])} | {r['amateur']} | {r['budget']} | {fmt(r['base'])} | "
+                     f"{fmt(r['amateur_accuracy'])} | {fmt(r['gap'])} | {fmt(r['kept_fraction'], pct=True)} | "
+                     f"{fmt(r['tuned'])} | {fmt(p.get('delta'))}"
+                     + (f" ({ci[0]:+.1f}, {ci[1]:+.1f})" if ci else "")
+                     + f" | {fmt(p.get('p_value'))} | {fmt(p.get('min_detectable_80'))} |")
+    (root / "gap_study.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(root, rows)
+
+
+def fmt(v: float | None, pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.1f}%" if pct else f"{v:.3g}" if abs(v) < 1 else f"{v:.1f}"
+
+
+def plot(root: Path, rows: list[dict]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        p = (r.get("paired") or {}).get("benchmarks", {}).get("gsm8k", {})
+        if r["gap"] is None or p.get("delta") is None:
+            continue
+        d, ci = p["delta"], p.get("delta_ci95") or (p["delta"], p["delta"])
+        ax.errorbar(r["gap"], d, yerr=[[d - ci[0]], [ci[1] - d]], fmt="o",
+                    capsize=3, label=f"{short(r['expert'])} / {short(r['amateur'])} ({r['budget']})")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("expertise gap (expert base - amateur accuracy, points)")
+    ax.set_ylabel("GSM8K change after tuning (points, 95% CI)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(root / "gain_vs_gap.png", dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", choices=("plan", "run", "table"))
+    ap.add_argument("--root", default=os.environ.get("STUDY_ROOT", "/work/runs/study"))
+    ap.add_argument("--only", default=None, help="run only jobs whose name contains this")
+    args = ap.parse_args()
+    root = Path(args.root)
+    if args.action == "plan":
+        for job in jobs(root):
+            print(f"[{'x' if job.done() else ' '}] {job.name}\n      {job.describe}")
+    elif args.action == "run":
+        run(root, args.only)
+    else:
+        table(root)
+
+
+if __name__ == "__main__":
+    main()
