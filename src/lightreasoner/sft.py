@@ -14,8 +14,9 @@ its own shard and rank 0 merges them (:mod:`.shards`); then every rank trains, a
 
 Outputs (``--output DIR``): ``candidates.jsonl`` (every sampled solution with its verdict, in problem order;
 resumable),
-``train_samples.jsonl`` (+ manifest), ``adapter/`` (the train output) and ``summary.json`` (problems sampled and
-used, trajectories, tuned tokens, sampling and training time).
+``train_samples.jsonl`` (+ manifest), ``adapter/`` (the train output, with a model card describing this baseline,
+:func:`modelcard.sft_card`) and ``summary.json`` (problems sampled and used, trajectories, tuned tokens, sampling
+and training time).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import layout, shards
+from . import layout, modelcard, shards
 from .api import expose
 from .config import Checked, flag, option, to_dict
 from .embedded import DEFAULT_EXPERT
@@ -302,9 +303,13 @@ def _sft(cfg: SFTConfig, info: DistInfo, stage: layout.StageRun | None) -> int:
         "environment": environment_info(),
     }
     write_json(out / "summary.json", summary)
-    stage.finish(config=to_dict(cfg), counts={k: summary[k] for k in (
-        "problems_sampled", "problems_used", "samples", "correct_samples", "trajectories", "tuned_tokens")},
-        extra={"sampling_per_rank": per_rank} if per_rank else None)
+    counts = {k: summary[k] for k in ("problems_sampled", "problems_used", "samples", "correct_samples",
+                                      "trajectories", "tuned_tokens")}
+    expert = tsum.get("expert") or describe  # the model trained (describe() of the loaded expert)
+    modelcard.write(out / "adapter", modelcard.sft_card({"identity": stage.identity, "config": to_dict(cfg),
+                                                         "counts": counts}, expert))
+    stage.finish(config=to_dict(cfg), counts=counts,
+                 extra={"expert": expert, **({"sampling_per_rank": per_rank} if per_rank else {})})
     logger.info("SFT: %d/%d problems had a right solution; %s tuned tokens", summary["problems_used"],
                 len(problems), summary["tuned_tokens"])
     return 0

@@ -5,8 +5,8 @@ authors' per-step rows, manifest and label checks), updates are planned and pack
 per trajectory, logits only at kept steps, KL to the soft label), and the loop runs them (:mod:`.training`: LoRA
 or full, accelerate, exact resume, metrics). This module turns the command's flags into a
 :class:`training.TrainParams` (:func:`train_params`), checks the samples belong to the expert before the model
-loads, names the adapter's base as PEFT and the hub resolve it and writes its model card (:mod:`.modelcard`), and
-marks the output folder done (``meta.json`` last, :class:`layout.StageRun`).
+loads, writes the model card (:mod:`.modelcard`; the loop names the adapter's base as PEFT and the hub resolve it),
+and marks the output folder done (``meta.json`` last, :class:`layout.StageRun`).
 
 Distributed: ``accelerate launch [--config_file configs/accelerate/ddp.yaml] -m lightreasoner train ...``
 """
@@ -186,10 +186,9 @@ def _train_stage(cfg: TrainConfig, params: TrainParams, acc: Any, src: models.Mo
 
 
 def write_card(cfg: TrainConfig, expert: dict, ident: dict) -> None:
-    """Name the adapter's base as PEFT and the hub resolve it (:func:`modelcard.set_adapter_base`) and write the
-    model card (the settings: the stage's identity; the data: the samples' manifest), before meta.json."""
-    if not cfg.full:
-        modelcard.set_adapter_base(cfg.output, expert)
+    """Write the model card (the settings: the stage's identity; the data: the samples' manifest), before
+    meta.json. The adapter's base is already named as PEFT and the hub resolve it (the training loop's
+    :func:`modelcard.set_adapter_base`)."""
     data = modelcard.training_data(cfg.samples, ident["inputs"].get("samples"))
     modelcard.write(cfg.output, modelcard.Card("full" if cfg.full else "adapter", expert, ident["settings"], data,
                                                folder=cfg.output))
