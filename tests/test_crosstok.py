@@ -16,7 +16,7 @@ from lightreasoner.cli import main as cli_main
 from lightreasoner.contrast import reduce_step
 from lightreasoner.decoder import hidden_states
 from lightreasoner.prompts import build_prompt_ids
-from lightreasoner.testing import CHATML_TEMPLATE, byte_tokenizer, tiny_causal_lm
+from lightreasoner.testing import byte_tokenizer, tiny_causal_lm
 from lightreasoner.textpath import score_text, text_path
 from lightreasoner.utils import read_complete_jsonl
 
@@ -27,22 +27,7 @@ ROWS = 320  # output rows of the tiny models
 def bpe_tokenizer(merges: list[tuple[str, str]], chat: bool = True):
     """The byte tokenizer of :mod:`lightreasoner.testing` with BPE ``merges`` (byte-level characters), the merged
     tokens after the 256 bytes and the special tokens after them (so ids differ between merge lists)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
-    for a, b in merges:
-        vocab.setdefault(a + b, len(vocab))
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  additional_special_tokens=["<|im_start|>"])
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
-    if chat:
-        tok.chat_template = CHATML_TEMPLATE
-    return tok
+    return byte_tokenizer(with_chat_template=chat, merges=merges)
 
 
 # The expert merges " the", "12" and "é"; the amateur "the", " a", "23" and "ü", and has no chat template.

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lightreasoner.decoder import CachedDecoder, hidden_states
-from lightreasoner.generation import stream
+from lightreasoner.testing import decode_with_logits
 
 EOS, PAD, VOCAB = 256, 257, 320
 WINDOW = 16  # Gemma3's sliding window: shorter than most prompts below, so the window is exercised
@@ -62,19 +62,7 @@ def _prompts(n: int, seed: int = 0, longest: int = 90) -> list[list[int]]:
 
 
 def _decode(model, prompts, order, **kw):
-    """Completions and every step's logits (bytes), keyed by the prompt's index in ``prompts``."""
-    logits: dict[tuple[int, int], bytes] = {}
-    steps: dict[int, int] = {}
-
-    def record(view):
-        for j, r in enumerate(view.rows.tolist()):
-            i = order[r]
-            logits[i, steps.get(i, 0)] = view.logits[j].float().numpy().tobytes()
-            steps[i] = steps.get(i, 0) + 1
-
-    done = {order[r]: c.ids for r, c, _ in stream(model, [prompts[i] for i in order], eos_ids=[EOS], pad_id=PAD,
-                                                  on_step=record, **kw)}
-    return done, logits
+    return decode_with_logits(model, prompts, order, eos_ids=[EOS], pad_id=PAD, **kw)
 
 
 def test_the_families_are_what_the_amateurs_are(model):

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from lightreasoner.decoder import hidden_states, invariant_linear
-from lightreasoner.generation import stream
-from lightreasoner.testing import tiny_causal_lm
+from lightreasoner.testing import decode_with_logits, tiny_causal_lm
 
 EOS = 256
 # Wider than the default tiny shape, so products and attention take several blocks of their kernels.
@@ -27,19 +26,7 @@ def _prompts(n: int, seed: int = 0) -> list[list[int]]:
 
 
 def _decode(model, prompts, order, **kw):
-    """Completions and every step's logits (bytes), keyed by the prompt's index in ``prompts``."""
-    logits: dict[tuple[int, int], bytes] = {}
-    steps: dict[int, int] = {}
-
-    def record(view):
-        for j, r in enumerate(view.rows.tolist()):
-            i = order[r]
-            logits[i, steps.get(i, 0)] = view.logits[j].float().numpy().tobytes()
-            steps[i] = steps.get(i, 0) + 1
-
-    done = {order[r]: c.ids for r, c, _ in stream(model, [prompts[i] for i in order], eos_ids=[EOS], pad_id=257,
-                                                  on_step=record, **kw)}
-    return done, logits
+    return decode_with_logits(model, prompts, order, eos_ids=[EOS], pad_id=257, **kw)
 
 
 def test_completions_do_not_depend_on_batch_size_order_or_resume(model):

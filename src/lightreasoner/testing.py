@@ -7,7 +7,7 @@ initialised Qwen2 model of any shape (``qwen2_shape('1.5b')`` gives the Qwen2.5-
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -18,17 +18,19 @@ CHATML_TEMPLATE = (
 )
 
 
-def byte_tokenizer(with_chat_template: bool = True, extra_tokens: tuple[str, ...] = ()) -> Any:
-    """A fast tokenizer whose ids 0..255 are bytes and 256.. the special tokens (then ``extra_tokens``)."""
+def byte_tokenizer(with_chat_template: bool = True, extra_tokens: tuple[str, ...] = (),
+                   merges: Sequence[tuple[str, str]] = ()) -> Any:
+    """A fast tokenizer whose ids 0..255 are bytes, then the tokens ``merges`` make (BPE merges of byte-level
+    characters, e.g. ``("Ġ", "t")``), then ``extra_tokens``, then the special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     chars = list(bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(chars)}
-    for t in extra_tokens:
+    for t in [a + b for a, b in merges] + list(extra_tokens):
         vocab.setdefault(t, len(vocab))
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=list(merges)))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tk.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
@@ -85,3 +87,23 @@ def gsm8k_style_rows() -> list[dict[str, str]]:
         {"question": "Each of 4 friends gets 2 pencils. How many pencils is that in all?",
          "answer": "4 * 2 = <<4*2=8>>8 pencils.\n#### 8"},
     ]
+
+
+def decode_with_logits(model: Any, prompts: Sequence[Sequence[int]], order: Sequence[int], *, eos_ids: Sequence[int],
+                       pad_id: int, **kw: Any) -> tuple[dict[int, list[int]], dict[tuple[int, int], bytes]]:
+    """Greedy completions of ``prompts`` fed in ``order`` through :func:`generation.stream`, and every step's
+    logits as bytes, both keyed by the prompt's index in ``prompts`` (invariance tests compare them exactly)."""
+    from .generation import stream
+
+    logits: dict[tuple[int, int], bytes] = {}
+    steps: dict[int, int] = {}
+
+    def record(view: Any) -> None:
+        for j, r in enumerate(view.rows.tolist()):
+            i = order[r]
+            logits[i, steps.get(i, 0)] = view.logits[j].float().numpy().tobytes()
+            steps[i] = steps.get(i, 0) + 1
+
+    done = {order[r]: c.ids for r, c, _ in stream(model, [prompts[i] for i in order], eos_ids=eos_ids,
+                                                  pad_id=pad_id, on_step=record, **kw)}
+    return done, logits
