@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lightreasoner.decoder import CachedDecoder, hidden_states
-from lightreasoner.testing import decode_with_logits
+from lightreasoner.testing import invariance_runs
 
 EOS, PAD, VOCAB = 256, 257, 320
 WINDOW = 16  # Gemma3's sliding window: shorter than most prompts below, so the window is exercised
@@ -61,10 +61,6 @@ def _prompts(n: int, seed: int = 0, longest: int = 90) -> list[list[int]]:
     return [[rng.randrange(32, 250) for _ in range(rng.randint(2, longest))] for _ in range(n)]
 
 
-def _decode(model, prompts, order, **kw):
-    return decode_with_logits(model, prompts, order, eos_ids=[EOS], pad_id=PAD, **kw)
-
-
 def test_the_families_are_what_the_amateurs_are(model):
     cfg = model.config
     assert cfg.tie_word_embeddings and model.get_output_embeddings().weight is model.get_input_embeddings().weight
@@ -73,17 +69,10 @@ def test_the_families_are_what_the_amateurs_are(model):
 
 
 def test_completions_do_not_depend_on_batch_size_order_or_resume(model):
-    prompts, new = _prompts(8, seed=11), 16
-    ref, ref_logits = _decode(model, prompts, list(range(8)), max_new_tokens=new, batch_size=1)
+    prompts = _prompts(8, seed=11)
+    (ref, ref_logits), runs = invariance_runs(model, prompts, max_new_tokens=16, eos_ids=[EOS], pad_id=PAD)
     assert len({len(p) for p in prompts}) > 4 and len(ref_logits) > 8 * 5
     assert sum(len(p) > WINDOW for p in prompts) >= 4  # most prompts outgrow the sliding window
-    shuffled = [5, 2, 7, 0, 3, 6, 1, 4]
-    runs = [_decode(model, prompts, order, max_new_tokens=new, batch_size=batch_size)
-            for batch_size, order in ((3, list(range(8))), (8, list(range(8))), (1, shuffled), (3, shuffled),
-                                      (8, shuffled))]
-    first, first_logits = _decode(model, prompts, [0, 1, 2, 3, 4], max_new_tokens=new, batch_size=3)
-    rest, rest_logits = _decode(model, prompts, [5, 6, 7], max_new_tokens=new, batch_size=3)  # resumed
-    runs.append(({**first, **rest}, {**first_logits, **rest_logits}))
     for done, logits in runs:
         assert done == ref
         assert logits.keys() == ref_logits.keys()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightreasoner.decoder import hidden_states, invariant_linear
-from lightreasoner.testing import decode_with_logits, tiny_causal_lm
+from lightreasoner.testing import decode_with_logits, invariance_runs, tiny_causal_lm
 
 EOS = 256
 # Wider than the default tiny shape, so products and attention take several blocks of their kernels.
@@ -31,16 +31,8 @@ def _decode(model, prompts, order, **kw):
 
 def test_completions_do_not_depend_on_batch_size_order_or_resume(model):
     prompts = _prompts(8, seed=11)
-    ref, ref_logits = _decode(model, prompts, list(range(8)), max_new_tokens=24, batch_size=1)
+    (ref, ref_logits), runs = invariance_runs(model, prompts, max_new_tokens=24, eos_ids=[EOS], pad_id=257)
     assert len({len(p) for p in prompts}) > 4 and len(ref_logits) > 8 * 5
-    runs = []
-    for batch_size in (1, 3, 8):
-        for order in (list(range(8)), [5, 2, 7, 0, 3, 6, 1, 4]):
-            runs.append(_decode(model, prompts, order, max_new_tokens=24, batch_size=batch_size))
-    # killed after the first five prompts were done, resumed with the remaining three
-    first, first_logits = _decode(model, prompts, [0, 1, 2, 3, 4], max_new_tokens=24, batch_size=3)
-    rest, rest_logits = _decode(model, prompts, [5, 6, 7], max_new_tokens=24, batch_size=3)
-    runs.append(({**first, **rest}, {**first_logits, **rest_logits}))
     for done, logits in runs:
         assert done == ref
         assert logits.keys() == ref_logits.keys()

@@ -107,3 +107,19 @@ def decode_with_logits(model: Any, prompts: Sequence[Sequence[int]], order: Sequ
     done = {order[r]: c.ids for r, c, _ in stream(model, [prompts[i] for i in order], eos_ids=eos_ids,
                                                   pad_id=pad_id, on_step=record, **kw)}
     return done, logits
+
+
+def invariance_runs(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_ids: Sequence[int],
+                    pad_id: int) -> tuple[tuple[dict, dict], list[tuple[dict, dict]]]:
+    """The reference decoding of 8 ``prompts`` (batch size 1, in order) and the decodings an invariant engine must
+    match bit for bit: batch sizes 1, 3 and 8 in two orders, and a run killed after five prompts and resumed.
+    Each is :func:`decode_with_logits`' ``(completions, logits)``."""
+    def run(order: Sequence[int], batch_size: int) -> tuple[dict, dict]:
+        return decode_with_logits(model, prompts, order, eos_ids=eos_ids, pad_id=pad_id,
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+    in_order, shuffled = list(range(8)), [5, 2, 7, 0, 3, 6, 1, 4]
+    runs = [run(order, b) for b in (1, 3, 8) for order in (in_order, shuffled) if (b, order) != (1, in_order)]
+    (first, first_logits), (rest, rest_logits) = run(in_order[:5], 3), run(in_order[5:], 3)
+    runs.append(({**first, **rest}, {**first_logits, **rest_logits}))
+    return run(in_order, 1), runs
