@@ -13,16 +13,21 @@ paper's (1,000 problems, 1,000 updates of 16, lr 5e-5 with linear decay). Sampli
 Every evaluation: whole GSM8K test, the chat prompt (the toolkit's raw qwen25-math prompt for Gemma-3-270M, which
 has no chat template), greedy, 512 new tokens, 64 slots (batch-invariant).
 
-**The gap** of an arm is the expert's base accuracy minus the amateur's own accuracy on the same test.
+**The gap** of an arm is the expert's base accuracy minus the amateur's own accuracy on the same test. The chosen
+early layer's whole-test accuracy is measured last (an early exit rambles to the 512-token limit, so it costs most
+per problem); until then the table gives that arm's gap on the 100 train problems of the layer rule, marked †.
 
 **The early layer** (``self:LAYER``) is chosen by a rule fixed before any test accuracy is seen: on the first 100
 GSM8K *train* problems, the target is the accuracy of the expert's best external amateur (the most accurate one in
 its row above); layers are scanned downward from the last but one in steps of 2 and the scan stops after the first
 layer below the target; the scanned layer whose accuracy is closest to the target is chosen (ties: the deeper).
 
-Each job is a stage command (or, for the layer scan, one in-process evaluation) writing its own folder under
-``--root``; every one resumes, so ``run`` continues where a killed run stopped. ``plan`` prints the commands and
-what is done; ``table`` writes gap_study.json / .md and gain_vs_gap.png into --root from the finished folders.
+Each job is a stage command (or, for an early exit, an in-process evaluation) writing its own folder under
+``--root`` (eval/<model>, layers/<model>, layers/<expert>__scan/layerNN, arms/<arm>/{sample,train,eval},
+eval/<expert>__self), done when its meta.json is there; every one resumes, so ``run`` continues where a killed run
+stopped. ``plan`` prints the commands and what is done; ``table`` writes gap_study.json / .md and gain_vs_gap.png
+into --root from the finished folders; its hours are the meta.json ``seconds`` (wall clock summed over resumed
+pieces, on 2 cores).
 
     python benchmarks/gap_study.py plan
     python benchmarks/gap_study.py run [--only SUBSTRING]
@@ -100,7 +105,7 @@ def command_job(name: str, folder: Path, argv_of: Callable[[], list[str]]) -> Jo
 
 
 def chosen_layer(root: Path, expert: str) -> str:
-    choice = root / "layers" / short(expert) / "choice.json"
+    choice = scan_folder(root, expert) / "choice.json"
     if not choice.exists():
         raise FileNotFoundError(f"{choice} (the layer scan) is not written yet")
     return f"self:{json.loads(choice.read_text())['layer']}"
@@ -134,25 +139,42 @@ def eval_job(root: Path, name: str, model_of: Callable[[], list[str]], folder: P
     return command_job(name, folder, argv)
 
 
-def layer_accuracy(root: Path, expert: str, layer: int) -> float:
-    """Accuracy of the expert's early exit at ``layer`` on the layer-choice problems (resumable)."""
+def view_eval(root: Path, expert: str, layer: int, folder: Path, data_dir: Path | None) -> float:
+    """Accuracy of the expert's early exit at ``layer`` on GSM8K (the test, or ``data_dir``'s problems), evaluated
+    in process (``self:LAYER`` is an amateur spec, not an eval model); resumable. Writes summary.json (its
+    ``average``, as `lightreasoner eval` writes) and meta.json with the seconds summed over resumed pieces."""
     from lightreasoner.benchmarks import load_benchmark
     from lightreasoner.evaluation import EvalParams, evaluate_model
     from lightreasoner.models import load_amateur, load_model
 
-    folder = root / "layers" / short(expert) / f"layer{layer:02d}"
     folder.mkdir(parents=True, exist_ok=True)
-    summary = folder / "summary.json"
-    if not summary.exists():
-        base = load_model(expert)
-        view = load_amateur(f"self:{layer}", base)
-        examples = load_benchmark("gsm8k", train_problems_dir(root))
-        params = EvalParams(prompt="chat", max_new_tokens=512, batch_size=64)
-        result = evaluate_model(view.model, view.tokenizer, "gsm8k", examples, params,
-                                output_path=folder / "gsm8k.jsonl")
+    if not (folder / "meta.json").exists():
+        seconds = folder / ".seconds"
+        t0 = time.perf_counter()
+        try:
+            view = load_amateur(f"self:{layer}", load_model(expert))
+            examples = load_benchmark("gsm8k", data_dir)
+            params = EvalParams(prompt="chat", max_new_tokens=512, batch_size=64)
+            result = evaluate_model(view.model, view.tokenizer, "gsm8k", examples, params,
+                                    output_path=folder / "gsm8k.jsonl")
+        finally:
+            before = float(seconds.read_text()) if seconds.exists() else 0.0
+            seconds.write_text(str(before + time.perf_counter() - t0))
         result.pop("records", None)
-        summary.write_text(json.dumps(result, indent=1))
-    return float(json.loads(summary.read_text())["accuracy"])
+        (folder / "summary.json").write_text(json.dumps({"average": result["accuracy"], "gsm8k": result}, indent=1))
+        (folder / "meta.json").write_text(json.dumps({"model": f"self:{layer} of {expert}",
+                                                      "seconds": round(float(seconds.read_text()), 3)}))
+    return float(json.loads((folder / "summary.json").read_text())["average"])
+
+
+def layer_order(n_layers: int) -> list[int]:
+    """The layers the scan visits, in order: the last but one, then down in steps of 2."""
+    return list(range(n_layers - 2, 0, -2))
+
+
+def choose_layer(scanned: dict[int, float], target: float) -> int:
+    """The scanned layer whose accuracy is closest to ``target``; ties go to the deeper layer."""
+    return min(scanned, key=lambda k: (abs(scanned[k] - target), -k))
 
 
 def scan_layers(root: Path, expert: str) -> None:
@@ -165,16 +187,15 @@ def scan_layers(root: Path, expert: str) -> None:
     target = max(json.loads((root / "layers" / short(a) / "summary.json").read_text())["average"]
                  for a in externals)
     n_layers = AutoConfig.from_pretrained(ensure_checkpoint(expert)).num_hidden_layers
+    folder = scan_folder(root, expert)
     scanned: dict[int, float] = {}
-    for layer in range(n_layers - 2, 0, -2):
-        scanned[layer] = layer_accuracy(root, expert, layer)
+    for layer in layer_order(n_layers):
+        scanned[layer] = view_eval(root, expert, layer, folder / f"layer{layer:02d}", train_problems_dir(root))
         print(f"{expert} layer {layer}: {scanned[layer]:.1f} (target {target:.1f})", flush=True)
         if scanned[layer] < target:
             break
-    best = min(scanned, key=lambda k: (abs(scanned[k] - target), -k))
-    folder = root / "layers" / short(expert)
     (folder / "choice.json").write_text(json.dumps({
-        "layer": best, "target": target, "target_from": externals, "scanned": scanned,
+        "layer": choose_layer(scanned, target), "target": target, "target_from": externals, "scanned": scanned,
         "rule": "closest to the best external amateur's accuracy on the first 100 GSM8K train problems; scan "
                 "down from L-2 in steps of 2, stop after the first layer below the target; ties: deeper"},
         indent=1))
@@ -190,7 +211,7 @@ def jobs(root: Path) -> list[Job]:
         out.append(eval_job(root, f"layer-target {m}", lambda m=m: ["--model", m],
                             root / "layers" / short(m), "--data-dir", str(root / "layers" / "data")))
     for e in AMATEURS:
-        out.append(Job(f"layer scan {e}", root / "layers" / short(e), lambda e=e: scan_layers(root, e),
+        out.append(Job(f"layer scan {e}", scan_folder(root, e), lambda e=e: scan_layers(root, e),
                        f"in-process: self:L for L = {'L-2, L-4, ...'} on {LAYER_PROBLEMS} train problems"))
     for arm in ARMS:
         d = root / "arms" / arm.name
@@ -203,7 +224,22 @@ def jobs(root: Path) -> list[Job]:
             *BUDGETS[arm.budget], "--output", str(d / "train"))))
         out.append(eval_job(root, f"eval {arm.name}", lambda arm=arm, d=d: [
             "--model", arm.expert, "--adapter", str(d / "train")], d / "eval"))
+    for e in AMATEURS:  # last, as they cost most per problem: the chosen layer's own accuracy on the whole test
+        out.append(Job(f"eval self-layer {e}", self_eval_folder(root, e),
+                       lambda e=e: view_eval(root, e, int(chosen_layer(root, e).split(":")[1]),
+                                             self_eval_folder(root, e), None),
+                       f"in-process: the chosen self:LAYER of {e} on the whole GSM8K test"))
     return out
+
+
+def scan_folder(root: Path, expert: str) -> Path:
+    """The layer scan's folder (one eval folder per scanned layer, choice.json); apart from the expert's own
+    layer-target eval folder, root/layers/<expert>, whose meta.json would otherwise read as the scan's."""
+    return root / "layers" / f"{short(expert)}__scan"
+
+
+def self_eval_folder(root: Path, expert: str) -> Path:
+    return root / "eval" / f"{short(expert)}__self"
 
 
 def run(root: Path, only: str | None) -> None:
@@ -221,44 +257,82 @@ def run(root: Path, only: str | None) -> None:
         print(f"== {job.name}: {(time.perf_counter() - t0) / 3600:.2f} h", flush=True)
 
 
-def table(root: Path) -> None:
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def accuracy(folder: Path) -> float | None:
+    """The eval folder's GSM8K accuracy (points), or None until it is finished."""
+    summary = read_json(folder / "summary.json") if (folder / "meta.json").exists() else None
+    return None if summary is None else float(summary["average"])
+
+
+def hours(*folders: Path) -> float:
+    """Wall-clock hours of finished jobs, summed over resumed pieces (each folder's meta.json ``seconds``)."""
+    return sum((read_json(f / "meta.json") or {}).get("seconds", 0.0) for f in folders) / 3600
+
+
+def arm_row(root: Path, arm: Arm) -> dict:
+    """One arm's figures: the gap (on the whole test; on the 100 train problems when the amateur's whole-test
+    accuracy is not there, marked ``gap_on``), kept-step rate, accuracy after, the pairing against the base."""
     from lightreasoner.stats import compare_runs
 
-    def accuracy(folder: Path) -> float | None:
-        s = folder / "summary.json"
-        return json.loads(s.read_text())["average"] if s.exists() else None
+    d = root / "arms" / arm.name
+    base, tuned = root / "eval" / short(arm.expert), d / "eval"
+    amateur, am_test, am_train = arm.amateur, None, None
+    if arm.amateur == SELF:
+        choice = read_json(scan_folder(root, arm.expert) / "choice.json")
+        if choice:
+            amateur = f"self:{choice['layer']}"
+            am_train = {int(k): v for k, v in choice["scanned"].items()}[choice["layer"]]
+        am_test = accuracy(self_eval_folder(root, arm.expert))
+    else:
+        am_test, am_train = accuracy(root / "eval" / short(amateur)), accuracy(root / "layers" / short(amateur))
+    sample = read_json(d / "sample" / "meta.json")
+    row = {"arm": arm.name, "expert": arm.expert, "amateur": amateur, "budget": arm.budget,
+           "base": accuracy(base), "base_train100": accuracy(root / "layers" / short(arm.expert)),
+           "amateur_accuracy": am_test, "amateur_train100": am_train,
+           "kept_fraction": sample["counts"]["kept_fraction"] if sample else None, "tuned": accuracy(tuned),
+           "hours": round(hours(d / "sample", d / "train", d / "eval"), 2)}
+    if row["base"] is not None and am_test is not None:
+        row["gap"], row["gap_on"] = round(row["base"] - am_test, 1), "test"
+    elif row["base_train100"] is not None and am_train is not None:
+        row["gap"], row["gap_on"] = round(row["base_train100"] - am_train, 1), "train100"
+    else:
+        row["gap"], row["gap_on"] = None, None
+    if (base / "meta.json").exists() and (tuned / "meta.json").exists():
+        row["paired"] = compare_runs(base, tuned)
+    return row
 
-    rows = []
-    for arm in ARMS:
-        d = root / "arms" / arm.name
-        base, tuned = root / "eval" / short(arm.expert), d / "eval"
-        amateur = arm.amateur
-        if amateur == SELF:
-            try:
-                amateur = chosen_layer(root, arm.expert)
-            except FileNotFoundError:
-                pass
-        am_acc = accuracy(root / "eval" / short(arm.amateur)) if arm.amateur != SELF else None
-        meta = d / "sample" / "meta.json"
-        kept = json.loads(meta.read_text())["counts"]["kept_fraction"] if meta.exists() else None
-        row = {"arm": arm.name, "expert": arm.expert, "amateur": amateur, "budget": arm.budget,
-               "base": accuracy(base), "amateur_accuracy": am_acc, "kept_fraction": kept, "tuned": accuracy(tuned)}
-        row["gap"] = None if row["base"] is None or am_acc is None else round(row["base"] - am_acc, 1)
-        if (base / "meta.json").exists() and (tuned / "meta.json").exists():
-            row["paired"] = compare_runs(base, tuned)
-        rows.append(row)
-    (root / "gap_study.json").write_text(json.dumps(rows, indent=1))
+
+def total_hours(root: Path) -> float:
+    """Wall-clock hours of every finished job of the study (the shared evaluations, the layer scans, the arms)."""
+    folders = [job.folder for job in jobs(root) if job.done()]
+    scans = [f for f in (root / "layers").glob("*__scan/layer*") if f.is_dir()]
+    return round(hours(*folders, *scans), 2)
+
+
+def table(root: Path) -> None:
+    rows = [arm_row(root, arm) for arm in ARMS]
+    total = total_hours(root)
+    (root / "gap_study.json").write_text(json.dumps({"arms": rows, "wall_hours": total,
+                                                     "cpu_hours": round(2 * total, 2)}, indent=1))
     lines = ["| expert | amateur | budget | base | amateur acc | gap | kept | tuned | change (95% CI) | p "
-             "| detectable |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| detectable | hours |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         p = (r.get("paired") or {}).get("benchmarks", {}).get("gsm8k", {})
         ci = p.get("delta_ci95")
+        mark = " †" if r["gap_on"] == "train100" else ""
         lines.append(f"| {short(r['expert'])} | {r['amateur']} | {r['budget']} | {fmt(r['base'])} | "
-                     f"{fmt(r['amateur_accuracy'])} | {fmt(r['gap'])} | {fmt(r['kept_fraction'], pct=True)} | "
+                     f"{fmt(r['amateur_accuracy'])} | {fmt(r['gap'])}{mark} | {fmt(r['kept_fraction'], pct=True)} | "
                      f"{fmt(r['tuned'])} | {fmt(p.get('delta'))}"
                      + (f" ({ci[0]:+.1f}, {ci[1]:+.1f})" if ci else "")
-                     + f" | {fmt(p.get('p_value'))} | {fmt(p.get('min_detectable_80'))} |")
+                     + f" | {fmt(p.get('p_value'))} | {fmt(p.get('min_detectable_80'))} | {r['hours']:.2f} |")
+    lines += ["", "Accuracies and gaps in points on the whole GSM8K test (1,319); † gap on the first 100 GSM8K "
+              "train problems (the amateur's whole-test accuracy is not measured yet). hours: the arm's sample + "
+              f"train + eval, wall clock on 2 cores. The whole study so far: {total:.1f} wall hours "
+              f"= {2 * total:.1f} CPU hours (2 cores)."]
     (root / "gap_study.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(root, rows)
@@ -281,10 +355,10 @@ def plot(root: Path, rows: list[dict]) -> None:
         if r["gap"] is None or p.get("delta") is None:
             continue
         d, ci = p["delta"], p.get("delta_ci95") or (p["delta"], p["delta"])
-        ax.errorbar(r["gap"], d, yerr=[[d - ci[0]], [ci[1] - d]], fmt="o",
+        ax.errorbar(r["gap"], d, yerr=[[d - ci[0]], [ci[1] - d]], fmt="o" if r["gap_on"] == "test" else "s",
                     capsize=3, label=f"{short(r['expert'])} / {short(r['amateur'])} ({r['budget']})")
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("expertise gap (expert base - amateur accuracy, points)")
+    ax.set_xlabel("expertise gap (expert base - amateur accuracy, points; squares: on 100 train problems)")
     ax.set_ylabel("GSM8K change after tuning (points, 95% CI)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)

@@ -1,0 +1,103 @@
+"""The expertise-gap study's bookkeeping (benchmarks/gap_study.py): the early-layer rule, the job plan and the table.
+
+No model runs here: the evaluations are stand-in folders in the layout `lightreasoner eval` writes (per-problem
+records, summary.json, meta.json last), so the table's pairing, gaps and hours are checked against hand counts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gs():
+    spec = importlib.util.spec_from_file_location("gap_study", ROOT / "benchmarks" / "gap_study.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gap_study"] = module  # its dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["gap_study"]
+
+
+def fake_eval(folder: Path, correct: list[bool], seconds: float = 3600.0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gsm8k.jsonl").write_text("".join(json.dumps({"id": str(i), "correct": c}) + "\n"
+                                                for i, c in enumerate(correct)))
+    accuracy = round(100 * sum(correct) / len(correct), 1)
+    (folder / "summary.json").write_text(json.dumps({"average": accuracy}))
+    (folder / "meta.json").write_text(json.dumps({"seconds": seconds}))
+
+
+def test_layer_rule_closest_to_target_ties_deeper(gs):
+    assert gs.layer_order(24) == [22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2]
+    assert gs.layer_order(28)[:3] == [26, 24, 22]
+    assert gs.choose_layer({22: 40.0, 20: 12.0, 18: 3.0}, target=10.0) == 20
+    assert gs.choose_layer({22: 12.0, 20: 8.0}, target=10.0) == 22  # a tie: the deeper layer
+    assert gs.choose_layer({22: 30.0, 20: 1.0}, target=10.0) == 20
+
+
+def test_every_job_has_its_own_folder(gs, tmp_path):
+    """A job is done when its folder holds meta.json: two jobs sharing a folder would mark each other done."""
+    jobs = gs.jobs(tmp_path)
+    folders = [j.folder for j in jobs]
+    assert len(folders) == len(set(folders)), [j.name for j in jobs if folders.count(j.folder) > 1]
+    assert len({j.name for j in jobs}) == len(jobs)
+    assert not any(j.done() for j in jobs)
+    arms = {j.name.split(" ", 1)[1] for j in jobs if j.name.startswith("train ")}
+    assert arms == {a.name for a in gs.ARMS} and len(arms) == 7
+    self_sample = next(j for j in jobs if j.name == "sample coder-0.5b__self__embedded")
+    assert "layer scan" in self_sample.describe  # its amateur is decided by the scan
+
+
+def test_table_pairs_each_arm_against_its_base(gs, tmp_path):
+    root = tmp_path
+    n = 20
+    base = [i < 10 for i in range(n)]  # 50.0
+    tuned = [i < 8 or i in (15, 16, 17, 18) for i in range(n)]  # 60.0: 2 lost, 4 gained
+    fake_eval(root / "eval" / "coder-0.5b", base)
+    fake_eval(root / "eval" / "smollm2-135m", [i < 2 for i in range(n)], seconds=1800.0)  # 10.0
+    fake_eval(root / "layers" / "coder-0.5b", [i < 6 for i in range(n)])  # 30.0 on the train problems
+    arm = root / "arms" / "coder-0.5b__smollm2-135m__embedded"
+    (arm / "sample").mkdir(parents=True)
+    (arm / "sample" / "meta.json").write_text(json.dumps({"counts": {"kept_fraction": 0.25}, "seconds": 360.0}))
+    (arm / "train").mkdir()
+    (arm / "train" / "meta.json").write_text(json.dumps({"seconds": 720.0}))
+    fake_eval(arm / "eval", tuned, seconds=3600.0)
+    scan = gs.scan_folder(root, gs.E05)
+    scan.mkdir(parents=True)
+    (scan / "choice.json").write_text(json.dumps({"layer": 16, "target": 10.0, "scanned": {"22": 40.0, "16": 8.0}}))
+    (scan / "meta.json").write_text(json.dumps({"done": True}))
+
+    gs.table(root)
+    out = json.loads((root / "gap_study.json").read_text())
+    rows = {r["arm"]: r for r in out["arms"]}
+    smol = rows["coder-0.5b__smollm2-135m__embedded"]
+    assert (smol["base"], smol["amateur_accuracy"], smol["gap"], smol["gap_on"]) == (50.0, 10.0, 40.0, "test")
+    assert smol["tuned"] == 60.0 and smol["kept_fraction"] == 0.25
+    paired = smol["paired"]["benchmarks"]["gsm8k"]
+    assert (paired["n"], paired["a_only"], paired["b_only"], paired["delta"]) == (n, 2, 4, 10.0)
+    assert smol["hours"] == pytest.approx((360 + 720 + 3600) / 3600, abs=0.01)
+    # the early layer: no whole-test accuracy yet, so its gap is on the train problems (base 30 - layer 8)
+    own = rows["coder-0.5b__self__embedded"]
+    assert (own["amateur"], own["amateur_train100"], own["gap"], own["gap_on"]) == ("self:16", 8.0, 22.0, "train100")
+    assert "paired" not in own and own["tuned"] is None
+    # an unfinished evaluation (no meta.json) is not read as a result
+    (root / "eval" / "coder-1.5b").mkdir(parents=True)
+    (root / "eval" / "coder-1.5b" / "summary.json").write_text(json.dumps({"average": 99.0}))
+    gs.table(root)
+    rows = {r["arm"]: r for r in json.loads((root / "gap_study.json").read_text())["arms"]}
+    assert rows["coder-1.5b__coder-0.5b__embedded"]["base"] is None
+    # the whole study's hours: every finished job (two evals, one layer-target eval, the scan's none, the arm's three)
+    assert out["wall_hours"] == pytest.approx((3600 + 1800 + 3600 + 360 + 720 + 3600) / 3600, abs=0.01)
+    md = (root / "gap_study.md").read_text()
+    smol_line = next(line for line in md.splitlines() if "smollm2" in line and "coder-0.5b |" in line)
+    assert "| 40.0 |" in smol_line and "| 10.0 (" in smol_line and "| 1.30 |" in smol_line
+    assert "22.0 †" in md
+    assert (root / "gain_vs_gap.png").stat().st_size > 0
