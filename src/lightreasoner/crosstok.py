@@ -80,11 +80,6 @@ CODES = {ALIGNED: "aligned", MARGINALISED: "marginalised", APPROXIMATED: "approx
 _DECODE = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
 
 
-def same_vocabulary(expert_tokenizer: Any, amateur_tokenizer: Any) -> bool:
-    """True when both tokenizers map the same ids to the same tokens (the id path's condition)."""
-    return dict(expert_tokenizer.get_vocab()) == dict(amateur_tokenizer.get_vocab())
-
-
 def token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     """The text of each id decoded alone (special tokens kept, no clean-up)."""
     return list(tokenizer.batch_decode([[int(i)] for i in ids], **_DECODE)) if len(ids) else []

@@ -356,7 +356,7 @@ def check_vocab(expert: LoadedModel, amateur: LoadedModel, allow_mismatch: bool 
         raise VocabMismatchError(f"a tokenizer has more tokens than its model has output rows: {expert.spec} "
                                  f"{len(ve)} tokens / {expert.vocab_rows} rows, {amateur.spec} {len(va)} / "
                                  f"{amateur.vocab_rows}")
-    if not diffs and len(ve) == len(va):
+    if same_vocabulary(te, ta):
         if expert.vocab_rows != amateur.vocab_rows:
             logger.info("output rows differ (%d vs %d) only in padding; comparing the first %d",
                         expert.vocab_rows, amateur.vocab_rows, rows)
@@ -372,6 +372,12 @@ def check_vocab(expert: LoadedModel, amateur: LoadedModel, allow_mismatch: bool 
     logger.warning("vocabularies differ from id %d on; --allow-vocab-mismatch compares ids 0..%d only", first,
                    first - 1)
     return min(first, rows)
+
+
+def same_vocabulary(expert_tokenizer: Any, amateur_tokenizer: Any) -> bool:
+    """True when both tokenizers map the same ids to the same tokens: the id path's condition (the one place it
+    is decided; :func:`check_vocab` and ``sample``'s choice of path ask here)."""
+    return dict(expert_tokenizer.get_vocab()) == dict(amateur_tokenizer.get_vocab())
 
 
 def _id_to_token(tok: Any) -> dict[int, str]:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from . import layout
 from .api import expose, file_output
 from .config import Checked, flag, option, to_dict
-from .crosstok import alignment_summary, same_vocabulary
+from .crosstok import alignment_summary
 from .embedded import DEFAULT_AMATEUR, DEFAULT_EXPERT
 from .earlyexit import parse_self_spec
 from .generation import pad_id_of
@@ -243,7 +243,7 @@ def choose_amateur_path(cfg: SampleConfig, expert: Any, amateur: Any) -> tuple[i
     map the same ids to the same tokens, else text). Returns the compared width, the text path (``None``: ids)
     and what the manifest records (``path``, ``reason``); logs the choice. Raises :class:`InputError` for the
     text path with ``lockstep`` and, on the id path, for differing tokenizers without --allow-vocab-mismatch."""
-    from .models import check_vocab
+    from .models import check_vocab, same_vocabulary
 
     mode, reason = cfg.amateur_tokens, f"{flag('amateur_tokens')} {cfg.amateur_tokens}"
     if mode == "auto":

@@ -106,14 +106,14 @@ def _sync(device: torch.device) -> None:
 class _Lockstep:
     """Per-step hook: the amateur follows the expert on its own KV cache and each step is scored at once.
 
-    The amateur is prefilled with the same left-padded prompts at the first step; at every later step it drops
+    The amateur is prefilled with the same prompts at the first step; at every later step it drops
     the rows the expert dropped and is fed the tokens the expert was fed (``view.fed``).
     """
 
-    def __init__(self, amateur: Any, prompts: Sequence[Sequence[int]], pad_id: int, vocab_size: int,
-                 params: ScoringParams, trajs: list[_Trajectory], timer: Stopwatch):
+    def __init__(self, amateur: Any, prompts: Sequence[Sequence[int]], vocab_size: int, params: ScoringParams,
+                 trajs: list[_Trajectory], timer: Stopwatch):
         self.dec = CachedDecoder(amateur)
-        self.prompts, self.pad_id, self.vocab_size, self.params = prompts, pad_id, vocab_size, params
+        self.prompts, self.vocab_size, self.params = prompts, vocab_size, params
         self.trajs, self.timer = trajs, timer
         self.rows: list[int] | None = None
 
@@ -165,7 +165,7 @@ def sample_batch(expert: Any, amateur: Any, prompts: Sequence[Sequence[int]], eo
         hidden.append(view.hidden)  # type: ignore[arg-type]
         live_rows.append(view.rows)
 
-    hook = _Lockstep(amateur, prompts, pad_id, vocab_size, params, trajs, timer) if lockstep else None
+    hook = _Lockstep(amateur, prompts, vocab_size, params, trajs, timer) if lockstep else None
     t0, scoring0 = time.perf_counter(), timer.totals.get("scoring", 0.0)
     try:
         for i, comp, _ in stream(expert, prompts, max_new_tokens=params.max_new_tokens, eos_ids=eos_ids,
