@@ -375,7 +375,8 @@ def main() -> None:
     root = Path(args.root)
     if args.action == "plan":
         for job in jobs(root):
-            print(f"[{'x' if job.done() else ' '}] {job.name}\n      {job.describe}")
+            took = f" ({hours(job.folder):.2f} h)" if job.done() else ""
+            print(f"[{'x' if job.done() else ' '}] {job.name}{took}\n      {job.describe}")
     elif args.action == "run":
         run(root, args.only)
     else:
