@@ -14,8 +14,8 @@ Every evaluation: whole GSM8K test, the chat prompt (the toolkit's raw qwen25-ma
 has no chat template), greedy, 512 new tokens, 64 slots (batch-invariant).
 
 **The gap** of an arm is the expert's base accuracy minus the amateur's own accuracy on the same test. The chosen
-early layer's whole-test accuracy is measured last (an early exit rambles to the 512-token limit, so it costs most
-per problem); until then the table gives that arm's gap on the 100 train problems of the layer rule, marked †.
+early layer's whole-test accuracy is measured last (an early exit may ramble to the 512-token limit, so it may cost
+most per problem); until then the table gives that arm's gap on the 100 train problems of the layer rule, marked †.
 
 **The early layer** (``self:LAYER``) is chosen by a rule fixed before any test accuracy is seen: on the first 100
 GSM8K *train* problems, the target is the accuracy of the expert's best external amateur (the most accurate one in
@@ -51,7 +51,8 @@ E05, E15 = "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"
 SMOL, GEMMA = "smollm2-135m-instruct", "gemma-3-270m"
 SELF = "self"  # the chosen early layer, resolved from ROOT/layers/<expert>/choice.json
 AMATEURS = {E05: [SMOL, GEMMA, SELF], E15: [E05, SMOL, SELF]}
-EVAL = ["--benchmarks", "gsm8k", "--max-new-tokens", "512", "--batch-size", "64"]
+MAX_NEW_TOKENS, SLOTS = 512, 64  # every evaluation's (the stage commands' and the in-process early exits')
+EVAL = ["--benchmarks", "gsm8k", "--max-new-tokens", str(MAX_NEW_TOKENS), "--batch-size", str(SLOTS)]
 BUDGETS = {"embedded": ["--max-steps", "100", "--lr", "1e-4", "--lr-scheduler", "constant"],
            "paper": ["--max-steps", "1000", "--lr", "5e-5", "--lr-scheduler", "linear"]}
 PROBLEMS = {"embedded": 128, "paper": 1000}
@@ -139,7 +140,7 @@ def eval_job(root: Path, name: str, model_of: Callable[[], list[str]], folder: P
     return command_job(name, folder, argv)
 
 
-def view_eval(root: Path, expert: str, layer: int, folder: Path, data_dir: Path | None) -> float:
+def view_eval(expert: str, layer: int, folder: Path, data_dir: Path | None) -> float:
     """Accuracy of the expert's early exit at ``layer`` on GSM8K (the test, or ``data_dir``'s problems), evaluated
     in process (``self:LAYER`` is an amateur spec, not an eval model); resumable. Writes summary.json (its
     ``average``, as `lightreasoner eval` writes) and meta.json with the seconds summed over resumed pieces."""
@@ -154,7 +155,7 @@ def view_eval(root: Path, expert: str, layer: int, folder: Path, data_dir: Path 
         try:
             view = load_amateur(f"self:{layer}", load_model(expert))
             examples = load_benchmark("gsm8k", data_dir)
-            params = EvalParams(prompt="chat", max_new_tokens=512, batch_size=64)
+            params = EvalParams(prompt="chat", max_new_tokens=MAX_NEW_TOKENS, batch_size=SLOTS)
             result = evaluate_model(view.model, view.tokenizer, "gsm8k", examples, params,
                                     output_path=folder / "gsm8k.jsonl")
         finally:
@@ -190,7 +191,7 @@ def scan_layers(root: Path, expert: str) -> None:
     folder = scan_folder(root, expert)
     scanned: dict[int, float] = {}
     for layer in layer_order(n_layers):
-        scanned[layer] = view_eval(root, expert, layer, folder / f"layer{layer:02d}", train_problems_dir(root))
+        scanned[layer] = view_eval(expert, layer, folder / f"layer{layer:02d}", train_problems_dir(root))
         print(f"{expert} layer {layer}: {scanned[layer]:.1f} (target {target:.1f})", flush=True)
         if scanned[layer] < target:
             break
@@ -226,7 +227,7 @@ def jobs(root: Path) -> list[Job]:
             "--model", arm.expert, "--adapter", str(d / "train")], d / "eval"))
     for e in AMATEURS:  # last, as they cost most per problem: the chosen layer's own accuracy on the whole test
         out.append(Job(f"eval self-layer {e}", self_eval_folder(root, e),
-                       lambda e=e: view_eval(root, e, int(chosen_layer(root, e).split(":")[1]),
+                       lambda e=e: view_eval(e, int(chosen_layer(root, e).split(":")[1]),
                                              self_eval_folder(root, e), None),
                        f"in-process: the chosen self:LAYER of {e} on the whole GSM8K test"))
     return out

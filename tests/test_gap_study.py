@@ -101,3 +101,25 @@ def test_table_pairs_each_arm_against_its_base(gs, tmp_path):
     assert "| 40.0 |" in smol_line and "| 10.0 (" in smol_line and "| 1.30 |" in smol_line
     assert "22.0 †" in md
     assert (root / "gain_vs_gap.png").stat().st_size > 0
+
+
+def test_early_exit_evaluation_writes_its_result_last_and_is_not_redone(gs, tmp_path, model_dirs, monkeypatch):
+    """view_eval (the layer scan's and the whole-test early-layer evaluation) on a tiny expert cut after layer 1."""
+    from lightreasoner.testing import gsm8k_style_rows
+
+    monkeypatch.setattr(gs, "MAX_NEW_TOKENS", 24)
+    data = tmp_path / "data" / "gsm8k"
+    data.mkdir(parents=True)
+    rows = gsm8k_style_rows()[:3]
+    (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder = tmp_path / "layer01"
+    accuracy = gs.view_eval(model_dirs[0], 1, folder, tmp_path / "data")
+    records = [json.loads(line) for line in (folder / "gsm8k.jsonl").read_text().splitlines()]
+    assert len(records) == len(rows)
+    assert accuracy == pytest.approx(100 * sum(r["correct"] for r in records) / len(rows), abs=0.05)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["model"] == f"self:1 of {model_dirs[0]}" and meta["seconds"] > 0
+    assert gs.accuracy(folder) == accuracy  # the table reads it like a stage's eval folder
+    before = (folder / "gsm8k.jsonl").stat().st_mtime_ns
+    assert gs.view_eval(model_dirs[0], 1, folder, tmp_path / "data") == accuracy
+    assert (folder / "gsm8k.jsonl").stat().st_mtime_ns == before  # done: nothing recomputed
