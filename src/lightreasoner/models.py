@@ -349,8 +349,6 @@ def check_vocab(expert: LoadedModel, amateur: LoadedModel, allow_mismatch: bool 
     """
     te, ta = expert.tokenizer, amateur.tokenizer
     ve, va = _id_to_token(te), _id_to_token(ta)
-    shared = min(len(ve), len(va))
-    diffs = [i for i in range(shared) if ve[i] != va[i]]
     rows = min(expert.vocab_rows, amateur.vocab_rows)
     if len(ve) > expert.vocab_rows or len(va) > amateur.vocab_rows:
         raise VocabMismatchError(f"a tokenizer has more tokens than its model has output rows: {expert.spec} "
@@ -361,6 +359,8 @@ def check_vocab(expert: LoadedModel, amateur: LoadedModel, allow_mismatch: bool 
             logger.info("output rows differ (%d vs %d) only in padding; comparing the first %d",
                         expert.vocab_rows, amateur.vocab_rows, rows)
         return rows
+    shared = min(len(ve), len(va))
+    diffs = [i for i in range(shared) if ve[i] != va[i]]
     first = diffs[0] if diffs else shared
     if not allow_mismatch:
         shown = ", ".join(f"id {i}: {ve.get(i)!r} vs {va.get(i)!r}" for i in (diffs[:5] or [shared]))
