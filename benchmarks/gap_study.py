@@ -142,29 +142,28 @@ def eval_job(root: Path, name: str, model_of: Callable[[], list[str]], folder: P
 
 def view_eval(expert: str, layer: int, folder: Path, data_dir: Path | None) -> float:
     """Accuracy of the expert's early exit at ``layer`` on GSM8K (the test, or ``data_dir``'s problems), evaluated
-    in process (``self:LAYER`` is an amateur spec, not an eval model); resumable. Writes summary.json (its
-    ``average``, as `lightreasoner eval` writes) and meta.json with the seconds summed over resumed pieces."""
+    in process (``self:LAYER`` is an amateur spec, not an eval model) as a stage folder (:class:`layout.StageRun`:
+    resumable, its time summed over attempts): summary.json (its ``average``, as `lightreasoner eval` writes),
+    then meta.json."""
+    from lightreasoner import layout
     from lightreasoner.benchmarks import load_benchmark
     from lightreasoner.evaluation import EvalParams, evaluate_model
     from lightreasoner.models import load_amateur, load_model
+    from lightreasoner.utils import write_json
 
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "meta.json").exists():
-        seconds = folder / ".seconds"
-        t0 = time.perf_counter()
-        try:
+    model = f"self:{layer} of {expert}"
+    ident = layout.identity("view-eval", {"model": model, "max_new_tokens": MAX_NEW_TOKENS, "slots": SLOTS},
+                            {"data": str(data_dir) if data_dir else "gsm8k test"})
+    with layout.StageRun(folder, ident) as stage:
+        if not stage.done:
+            stage.start()
             view = load_amateur(f"self:{layer}", load_model(expert))
-            examples = load_benchmark("gsm8k", data_dir)
             params = EvalParams(prompt="chat", max_new_tokens=MAX_NEW_TOKENS, batch_size=SLOTS)
-            result = evaluate_model(view.model, view.tokenizer, "gsm8k", examples, params,
+            result = evaluate_model(view.model, view.tokenizer, "gsm8k", load_benchmark("gsm8k", data_dir), params,
                                     output_path=folder / "gsm8k.jsonl")
-        finally:
-            before = float(seconds.read_text()) if seconds.exists() else 0.0
-            seconds.write_text(str(before + time.perf_counter() - t0))
-        result.pop("records", None)
-        (folder / "summary.json").write_text(json.dumps({"average": result["accuracy"], "gsm8k": result}, indent=1))
-        (folder / "meta.json").write_text(json.dumps({"model": f"self:{layer} of {expert}",
-                                                      "seconds": round(float(seconds.read_text()), 3)}))
+            result.pop("records", None)
+            write_json(folder / "summary.json", {"average": result["accuracy"], "gsm8k": result})
+            stage.finish(config={}, counts={"n": result["n"], "correct": result["correct"]}, extra={"model": model})
     return float(json.loads((folder / "summary.json").read_text())["average"])
 
 
@@ -268,9 +267,15 @@ def accuracy(folder: Path) -> float | None:
     return None if summary is None else float(summary["average"])
 
 
+UNRECORDED = "unrecorded_seconds.json"  # {"seconds": S, "why": ...}: a killed piece's time its stage could not keep
+
+
 def hours(*folders: Path) -> float:
-    """Wall-clock hours of finished jobs, summed over resumed pieces (each folder's meta.json ``seconds``)."""
-    return sum((read_json(f / "meta.json") or {}).get("seconds", 0.0) for f in folders) / 3600
+    """Wall-clock hours of finished jobs, summed over resumed pieces: each folder's meta.json ``seconds``, plus the
+    :data:`UNRECORDED` seconds written beside it by hand for a piece killed outright before the stages kept their
+    time while working (session 9's end cut the 1.5B base evaluation; its time is taken from the log)."""
+    return sum((read_json(f / "meta.json") or {}).get("seconds", 0.0) + (read_json(f / UNRECORDED) or {}).get(
+        "seconds", 0.0) for f in folders if (f / "meta.json").exists()) / 3600
 
 
 def arm_row(root: Path, arm: Arm) -> dict:

@@ -69,7 +69,8 @@ def test_table_pairs_each_arm_against_its_base(gs, tmp_path):
     (arm / "sample" / "meta.json").write_text(json.dumps({"counts": {"kept_fraction": 0.25}, "seconds": 360.0}))
     (arm / "train").mkdir()
     (arm / "train" / "meta.json").write_text(json.dumps({"seconds": 720.0}))
-    fake_eval(arm / "eval", tuned, seconds=3600.0)
+    fake_eval(arm / "eval", tuned, seconds=3000.0)
+    (arm / "eval" / gs.UNRECORDED).write_text(json.dumps({"seconds": 600.0, "why": "a piece killed outright"}))
     scan = gs.scan_folder(root, gs.E05)
     scan.mkdir(parents=True)
     (scan / "choice.json").write_text(json.dumps({"layer": 16, "target": 10.0, "scanned": {"22": 40.0, "16": 8.0}}))
@@ -83,7 +84,7 @@ def test_table_pairs_each_arm_against_its_base(gs, tmp_path):
     assert smol["tuned"] == 60.0 and smol["kept_fraction"] == 0.25
     paired = smol["paired"]["benchmarks"]["gsm8k"]
     assert (paired["n"], paired["a_only"], paired["b_only"], paired["delta"]) == (n, 2, 4, 10.0)
-    assert smol["hours"] == pytest.approx((360 + 720 + 3600) / 3600, abs=0.01)
+    assert smol["hours"] == pytest.approx((360 + 720 + 3000 + 600) / 3600, abs=0.01)  # the unrecorded piece too
     # the early layer: no whole-test accuracy yet, so its gap is on the train problems (base 30 - layer 8)
     own = rows["coder-0.5b__self__embedded"]
     assert (own["amateur"], own["amateur_train100"], own["gap"], own["gap_on"]) == ("self:16", 8.0, 22.0, "train100")

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 META = "meta.json"
 STARTED = ".started.json"
+HEARTBEAT_S = 60.0  # how often a working stage records its time so far (StageRun)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -178,11 +180,11 @@ def clear(folder: Path, keep: Iterable[str] = ()) -> None:
 
 def finish(folder: str | Path, ident: Mapping[str, Any], *, config: Mapping[str, Any], counts: Mapping[str, Any],
            seconds: float, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``meta.json`` last: identity, fingerprint, resolved config, counts, seconds summed over resumes."""
+    """Write ``meta.json`` last: identity, fingerprint, resolved config, counts and ``seconds``, the stage's time
+    summed over all its attempts (:meth:`StageRun.seconds`)."""
     folder = Path(folder)
-    before = read_json(folder / STARTED).get("seconds", 0.0) if (folder / STARTED).is_file() else 0.0
     meta = {"stage": ident["stage"], "fingerprint": fingerprint(ident), "identity": dict(ident),
-            "config": dict(config), "counts": dict(counts), "seconds": round(before + seconds, 3),
+            "config": dict(config), "counts": dict(counts), "seconds": round(seconds, 3),
             "finished": time.time(), "versions": environment_info(), **(extra or {})}
     write_json(folder / META, meta)
     (folder / STARTED).unlink(missing_ok=True)
@@ -190,7 +192,7 @@ def finish(folder: str | Path, ident: Mapping[str, Any], *, config: Mapping[str,
 
 
 def add_seconds(folder: str | Path, seconds: float) -> None:
-    """Add an interrupted attempt's time to ``.started.json``, so :func:`finish` reports the total."""
+    """Add an attempt's time to ``.started.json`` (when there is one), so the next attempt counts it."""
     path = Path(folder) / STARTED
     if path.is_file():
         data = read_json(path)
@@ -200,33 +202,76 @@ def add_seconds(folder: str | Path, seconds: float) -> None:
 
 class StageRun:
     """One attempt at a stage: checks the folder (:func:`claim`), :meth:`start` marks it before the first write,
-    :meth:`finish` writes meta.json; the time of an attempt that ends in an exception is kept for the next (use
-    as a context manager around the work)."""
+    :meth:`finish` writes meta.json (use as a context manager around the work).
+
+    The stage's time is kept across attempts in ``.started.json``'s ``seconds``: from :meth:`start` on, a daemon
+    thread rewrites it every :data:`HEARTBEAT_S` seconds with the time of the earlier attempts plus this one's so
+    far, so an attempt that is killed outright (``kill -9``, a machine's end) loses at most that much; one that
+    ends unfinished otherwise records its whole time. Under several processes, pass ``writer=False`` on all but
+    the one that writes the folder (the one that calls :meth:`start` and :meth:`finish`)."""
 
     def __init__(self, folder: str | Path, ident: Mapping[str, Any], *, rerun: bool = False,
-                 flag: str = "--output", keep: Iterable[str] = (), shown: str | Path | None = None) -> None:
-        self.folder, self.identity = Path(folder), dict(ident)
+                 flag: str = "--output", keep: Iterable[str] = (), shown: str | Path | None = None,
+                 writer: bool = True) -> None:
+        self.folder, self.identity, self.writer = Path(folder), dict(ident), writer
         self.state = claim(self.folder, ident, rerun=rerun, flag=flag, keep=keep, shown=shown)
         self.done = self.state.status == "done"
         self._t0 = time.perf_counter()
+        self._before: float | None = None  # the earlier attempts' seconds, read by start()
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def start(self) -> None:
+        """Mark the folder (:func:`start`) and start recording this attempt's time; idempotent."""
+        if self._before is not None:
+            return
         start(self.folder, self.identity)
+        self._before = float(read_json(self.folder / STARTED).get("seconds", 0.0))
+        self._beat = threading.Thread(target=self._heartbeat, name=f"stage-time {self.folder}", daemon=True)
+        self._beat.start()
+
+    def seconds(self) -> float:
+        """The stage's time so far: the earlier attempts' and this one's."""
+        return (self._before or 0.0) + time.perf_counter() - self._t0
+
+    def _record(self) -> None:
+        path = self.folder / STARTED
+        write_json(path, {**read_json(path), "seconds": round(self.seconds(), 3)})
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._record()
+            except (OSError, InputError) as e:  # the folder went away under us: nothing left to time
+                logger.debug("%s: stage time not recorded (%s)", self.folder, e)
+                return
+
+    def _stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
 
     def finish(self, *, config: Mapping[str, Any], counts: Mapping[str, Any],
                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         self.start()
-        meta = finish(self.folder, self.identity, config=config, counts=counts,
-                      seconds=time.perf_counter() - self._t0, extra=extra)
+        self._stop_heartbeat()
+        meta = finish(self.folder, self.identity, config=config, counts=counts, seconds=self.seconds(),
+                      extra=extra)
         self.done = True
         return meta
 
     def __enter__(self) -> "StageRun":
         return self
 
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if exc_type is not None and not self.done:
+    def __exit__(self, *_: Any) -> None:
+        """An attempt that ends unfinished (an exception, or a stop such as ``--stop-after``) leaves its time."""
+        self._stop_heartbeat()
+        if self.done or not self.writer:
+            return
+        if self._before is None:  # failed before start(): count the time for an earlier attempt's folder
             add_seconds(self.folder, time.perf_counter() - self._t0)
+        elif (self.folder / STARTED).is_file():
+            self._record()
 
 
 def read_meta(folder: str | Path) -> dict[str, Any] | None:

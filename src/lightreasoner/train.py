@@ -145,7 +145,8 @@ def main(cfg: TrainConfig) -> int:
     acc = make_accelerator(params)
     ck.require_supported(acc.distributed_type, saves=bool(cfg.save_every or cfg.stop_after), resumes=False)
     src = models.resolve_source(cfg.expert, prepare=False)
-    stage = layout.StageRun(cfg.output, identity(cfg), rerun=cfg.rerun and acc.is_main_process)
+    stage = layout.StageRun(cfg.output, identity(cfg), rerun=cfg.rerun and acc.is_main_process,
+                            writer=acc.is_main_process)
     if stage.done:
         logger.info("%s is complete for these settings; nothing to do", cfg.output)
         return 0
