@@ -381,7 +381,8 @@ def main() -> None:
     root = Path(args.root)
     if args.action == "plan":
         for job in jobs(root):
-            took = f" ({hours(job.folder):.2f} h)" if job.done() else ""
+            layers = sorted(job.folder.glob("layer*"))  # a scan's time is in its layer folders
+            took = f" ({hours(job.folder, *layers):.2f} h)" if job.done() else ""
             print(f"[{'x' if job.done() else ' '}] {job.name}{took}\n      {job.describe}")
     elif args.action == "run":
         run(root, args.only)
