@@ -1,13 +1,17 @@
-"""The GPU check: sampling, training and evaluation speed on random weights of the real shapes, one JSON of figures.
+"""The GPU check: batch invariance, and sampling, training and evaluation speed on random weights of the real
+shapes, one JSON of figures.
 
-    bash benchmarks/gpu_check.sh                     # one H100/H200: under 8 minutes, writes ./gpu_check.json
+    bash benchmarks/gpu_check.sh                     # one H100/H200: under 10 minutes, writes ./gpu_check.json
     bash benchmarks/gpu_check.sh --smoke --out x.json  # CPU, tiny shapes: the same code path in well under a minute
 
 Nothing is downloaded and nothing large travels: the models are random Qwen2 models of the Qwen2.5-1.5B (expert)
 and Qwen2.5-0.5B (amateur) shapes, vocabulary 151,936, built on the device from a config (``--smoke``: the tiny
 shape). Each part reuses the benchmark script that owns the comparison, and each has a time cap (seconds, GPU
-sizes; the caps add up to 420 s, plus ~30 s of start-up):
+sizes; the caps add up to 600 s, plus ~30 s of start-up):
 
+- ``invariance`` (cap 180 s; ``bench_invariance.py`` in its own process, run first): does a row get the same bits
+  alone and in a crowd, op by op and through the decoder and sampling, with native kernels and with the
+  fixed-shape path the code takes on CUDA. Figures: shares of identical cases (1 = invariant).
 - ``sampling`` (cap 150 s; ``bench_sampling.py``): 64 problems of 80-140 random prompt tokens, 128 new tokens,
   one batch of 64. ``bare``: the expert's greedy generation alone; ``ours``: ``sampling.sample_batch`` with the
   amateur teacher-forced; ``authors``: the authors' per-problem method (batch-1 generation, then the amateur once
@@ -24,9 +28,9 @@ sizes; the caps add up to 420 s, plus ~30 s of start-up):
 
 ``--smoke`` runs the same code with the tiny shape and tiny sizes (4 problems, 16 tokens, 32 kept steps, 8 new
 tokens) on the CPU (``--smoke --device cuda``: the same on the GPU, a cheap pre-flight); its JSON has the same keys.
-``--parts`` runs a subset (e.g. to rerun one part that failed). The JSON (``--out``, written atomically) holds the device, the
-versions, each figure as ``{"value", "unit"}``, each part's wall time and status; the script prints a short
-table and exits 1 if a part failed (the other parts' figures are still written).
+``--parts`` runs a subset (e.g. to rerun one part that failed). The JSON (``--out``, written atomically) holds the
+device, the versions, each figure as ``{"value", "unit"}``, each part's wall time and status; the script prints a
+short table and exits 1 if a part failed (the other parts' figures are still written).
 """
 
 from __future__ import annotations
@@ -53,15 +57,15 @@ from lightreasoner import generation, sampling, utils  # noqa: E402
 from lightreasoner.models import DTYPES, default_device, resolve_dtype  # noqa: E402
 from lightreasoner.testing import byte_tokenizer  # noqa: E402
 
-PARTS = ("sampling", "training", "evaluation")
+PARTS = ("invariance", "sampling", "training", "evaluation")
 SLOTS = (8, 32, 64, 128, 256)
 SIZES = {
     "gpu": dict(expert="1.5b", amateur="0.5b", problems=64, batch=64, sample_tokens=128, authors_cap=60.0,
                 kept_steps=512, eval_tokens=256, slots=SLOTS,
-                caps=dict(sampling=150.0, training=150.0, evaluation=120.0)),
+                caps=dict(invariance=180.0, sampling=150.0, training=150.0, evaluation=120.0)),
     "smoke": dict(expert="tiny", amateur="tiny", problems=4, batch=4, sample_tokens=16, authors_cap=1.0,
                   kept_steps=32, eval_tokens=8, slots=SLOTS,
-                  caps=dict(sampling=300.0, training=300.0, evaluation=300.0)),
+                  caps=dict(invariance=300.0, sampling=300.0, training=300.0, evaluation=300.0)),
 }
 
 
@@ -143,6 +147,22 @@ def train_child(method: str, argv: list[str], timeout: float) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
+def invariance_part(part: Part, smoke: bool, device: torch.device, dtype: str) -> None:
+    """``bench_invariance.py`` in its own process: each op and the whole decoder, native kernels against the
+    fixed-shape path; a figure is the share of cases whose bits equal the row alone."""
+    argv = [*(["--smoke"] if smoke else []), "--device", str(device), "--dtype", dtype]
+    cmd = [sys.executable, str(HERE / "bench_invariance.py"), *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, part.left()))
+    print(proc.stdout[-3000:], end="", flush=True)
+    line = next((x for x in proc.stdout.splitlines()[::-1] if x.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-1500:]}")
+    res = json.loads(line[len("RESULT "):])
+    part.info.update(models=res["models"], dtype=res["dtype"], tile=res["tile"],
+                     command=f"python benchmarks/bench_invariance.py {' '.join(argv)}")
+    part.figures.update({k: fig(v, "share identical") for k, v in res["figures"].items()})
+
+
 def training_part(part: Part, size: dict, device: torch.device, dtype: str) -> None:
     """Packed training against the authors' way, one epoch each (``bench_train.py``'s children)."""
     argv = ["--shape", size["expert"], "--kept-steps", str(size["kept_steps"]), "--device", str(device),
@@ -219,6 +239,9 @@ def run(args: argparse.Namespace) -> dict:
             out["build_wall"] = fig(time.perf_counter() - t1, "s")
         return pair
 
+    if "invariance" in parts:  # first: a child process, with the device to itself
+        with parts["invariance"] as p:
+            invariance_part(p, bool(args.smoke), device, args.dtype)
     for name, fn in (("sampling", lambda p: sampling_part(p, size, *models(), device)),
                      ("evaluation", lambda p: evaluation_part(p, size, models()[0], device))):
         if name in parts:

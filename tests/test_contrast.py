@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lightreasoner.contrast import (contrastive_label, dense_kl_loss, dense_label, expert_amateur_kl,
-                                    plausible_mask, reduce_step, soft_label_kl_loss)
+                                    plausible_mask, reduce_step, soft_label_kl_loss, top_k)
 
 
 def _logits(seed, n=6, v=50, scale=3.0):
@@ -98,3 +98,16 @@ def test_compiled_statistics_equal_eager():
     assert contrast._compiled["fn"] is not contrast._dense_stats  # the compiled path really ran
     for x, y in zip(fused, eager):
         assert torch.allclose(x, y, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("ties", [3, 30])  # a tie group inside the spare rows, and one reaching past them
+def test_top_k_orders_ties_by_index_whatever_the_rows_beside(ties):
+    x = torch.randn(5, 400, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16).float()
+    x[2, torch.randperm(400, generator=torch.Generator().manual_seed(1))[:ties]] = 9.0  # equal maxima
+    vals, ids = top_k(x, 6)
+    ref_vals, ref_ids = x.sort(dim=-1, descending=True, stable=True)
+    assert torch.equal(vals, ref_vals[:, :6]) and torch.equal(ids, ref_ids[:, :6])
+    alone_vals, alone_ids = top_k(x[2:3], 6)
+    assert torch.equal(alone_ids[0], ids[2]) and torch.equal(alone_vals[0], vals[2])
+    tied = ids[2, :min(ties, 6)].tolist()
+    assert vals[2, :len(tied)].eq(9.0).all() and tied == sorted(tied)  # the tied maxima first, by index

@@ -18,6 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SLOTS = (8, 32, 64, 128, 256)
 EXPECTED = {
+    "invariance": {f"{k}.{p}" for p in ("native", "fixed") for k in ("ops.mean", "ops.linear", "ops.attention",
+                                                                     "ops.scoring", "decode", "completions",
+                                                                     "sampling")},
     "sampling": {"bare_s", "ours_s", "authors_s", "authors_over_ours", "ours_over_bare"},
     "training": {"authors_s_per_epoch", "packed_s_per_epoch", "speedup", "authors_peak_memory",
                  "packed_peak_memory", "memory_ratio"},

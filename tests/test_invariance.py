@@ -6,7 +6,8 @@ import random
 import pytest
 import torch
 
-from lightreasoner.decoder import hidden_states, invariant_linear
+from lightreasoner.decoder import hidden_states
+from lightreasoner.invariant import invariant_linear
 from lightreasoner.testing import decode_with_logits, invariance_runs, tiny_causal_lm
 
 EOS = 256

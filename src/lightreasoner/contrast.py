@@ -18,10 +18,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
+
+from .invariant import by_row_tiles
 
 logger = logging.getLogger(__name__)
 EPS = 1e-12  # added to both distributions inside the KL's log, as the authors do
@@ -104,6 +106,21 @@ class StepReduction:
     amateur_top_probs: torch.Tensor  # [N, top]
 
 
+def top_k(x: torch.Tensor, k: int, spare: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x.topk(k)`` over the last dimension of ``x [N, V]``, ties in increasing index (``topk``'s own order of
+    equal values follows the call's shape; in bf16 equal logits are common). Takes ``k + spare`` and sorts them; a
+    row whose tie group reaches past them makes the call sort the whole rows."""
+    k = min(k, x.shape[-1])
+    wide = min(k + spare, x.shape[-1])
+    vals, ids = x.topk(wide, dim=-1)
+    if wide > k and bool((vals[:, k - 1] == vals[:, wide - 1]).any()):
+        vals, ids = x.sort(dim=-1, descending=True, stable=True)
+        return vals[:, :k], ids[:, :k]
+    ids, by_id = ids.sort(dim=-1)
+    vals, by_value = vals.gather(-1, by_id).sort(dim=-1, descending=True, stable=True)
+    return vals[:, :k], ids.gather(-1, by_value)[:, :k]
+
+
 def reduce_step(logits_expert: torch.Tensor, logits_amateur: torch.Tensor, alpha: float, contrast: bool = True,
                 top: int = 5, eps: float = EPS) -> StepReduction:
     """Reduce the two models' raw logits at ``N`` steps to KL, entropies and a sparse soft label.
@@ -117,11 +134,11 @@ def reduce_step(logits_expert: torch.Tensor, logits_amateur: torch.Tensor, alpha
     """
     kl, ent_e, ent_a, le, la = dense_stats(logits_expert, logits_amateur, eps)
     k = min(max(top, 16), le.shape[-1])
-    top_le, top_ids = le.topk(k, dim=-1)  # sorted by p_E, descending
+    top_le, top_ids = top_k(le, k)  # sorted by p_E, descending
     thresh = top_le[:, :1] + math.log(alpha)
     if bool((top_le[:, -1:] >= thresh).any()) and k < le.shape[-1]:  # a plausible set wider than k: rare
         k = int((le >= thresh).sum(-1).max())
-        top_le, top_ids = le.topk(max(k, top), dim=-1)
+        top_le, top_ids = top_k(le, max(k, top))
     in_set = top_le >= thresh
     score = top_le - la.gather(1, top_ids) if contrast else top_le
     w = torch.softmax(score.masked_fill(~in_set, float("-inf")), dim=-1)
@@ -129,12 +146,30 @@ def reduce_step(logits_expert: torch.Tensor, logits_amateur: torch.Tensor, alpha
     ids = top_ids.gather(1, order)
     valid = in_set.gather(1, order)
     n = int(in_set.sum(-1).max())
-    tpa, tia = la.topk(top, dim=-1)
+    tpa, tia = top_k(la, top)
     return StepReduction(kl=kl, expert_entropy=ent_e, amateur_entropy=ent_a, top1_agree=top_ids[:, 0] == tia[:, 0],
                          label_ids=ids[:, :n].masked_fill(~valid[:, :n], -1),
                          label_weights=w[:, :n].masked_fill(~valid[:, :n], 0.0),
                          expert_top_ids=top_ids[:, :top], expert_top_probs=top_le[:, :top].exp(),
                          amateur_top_ids=tia, amateur_top_probs=tpa.exp())
+
+
+def reduce_steps(logits_expert: torch.Tensor, logits_amateur: torch.Tensor, alpha: float,
+                 contrast: bool = True) -> StepReduction:
+    """:func:`reduce_step` with each row's numbers independent of the rows beside it on any device: where the
+    device's reductions follow the row count (CUDA), in calls of a fixed row count (:func:`.invariant.by_row_tiles`),
+    stacked with the labels padded to the widest (``-1`` / ``0``)."""
+    parts = by_row_tiles(lambda e, a: reduce_step(e, a, alpha, contrast), logits_expert, logits_amateur)
+    if len(parts) == 1 and parts[0][0] == logits_expert.shape[0]:
+        return parts[0][1]
+    width = max(r.label_ids.shape[1] for _, r in parts)
+    stacked = {}
+    for f in fields(StepReduction):
+        xs = [getattr(r, f.name)[:n] for n, r in parts]
+        if f.name in ("label_ids", "label_weights"):
+            xs = [F.pad(x, (0, width - x.shape[1]), value=-1 if f.name == "label_ids" else 0.0) for x in xs]
+        stacked[f.name] = torch.cat(xs)
+    return StepReduction(**stacked)
 
 
 def soft_label_kl_loss(logits: torch.Tensor, label_ids: torch.Tensor, label_weights: torch.Tensor,

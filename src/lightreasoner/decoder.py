@@ -11,11 +11,11 @@ batches break that in two places, measured on this project's CPUs (``benchmarks/
 
 So :class:`CachedDecoder` never pads. Every forward is one packed sequence ``[1, N]`` of token rows: the prompts
 being admitted (each whole, positions from 0) and one token per live row (decoding). Element-wise ops and
-normalisations act per token (checked: RMSNorm and SiLU give the same bits for any row count), and
+normalisations act per token (checked on CPUs: RMSNorm and SiLU give the same bits for any row count), and
 
-- :class:`RowInvariant` (a ``TorchFunctionMode``) runs every ``linear`` with a row count that cannot change a
-  row's bits: bf16 on CPU natively with at least 2 rows (one row is duplicated), anything else in fixed tiles of
-  ``tile_rows(device)`` rows (the last tile zero-padded), so every product has the same shape;
+- :class:`~.invariant.RowInvariant` (a ``TorchFunctionMode``, :mod:`.invariant`) runs every ``linear`` with a row
+  count that cannot change a row's bits: bf16 on CPU natively with at least 2 rows (one row is duplicated),
+  anything else in fixed tiles of rows (the last tile zero-padded), so every product has the same shape;
 - attention is ours (registered as ``"lightreasoner"`` and switched on only inside the decoder's forwards): a
   prompt attends causally to its own keys alone (one ``scaled_dot_product_attention`` per prompt), and the decoding
   rows attend to their own cache rows over ``CHUNK``-column blocks, the value sums accumulated block by block in
@@ -24,8 +24,10 @@ normalisations act per token (checked: RMSNorm and SiLU give the same bits for a
 
 The KV cache (:class:`SlotCache`) keeps row ``j`` at slot ``j`` from column 0: finishing rows frees slots (the last
 live row moves into the hole, one row copied), admitting fills slots, nothing is ever concatenated or re-padded.
-What is not invariant: across machines whose kernels differ (another CPU instruction set, a GPU), the bits differ;
-on CUDA the tiles make each product's shape fixed, which cuBLAS needs for invariance, but it is not measured here.
+On CUDA kernels also follow the row count in reductions (RMSNorm's ``mean``) and batched products: there
+``RowInvariant`` tiles the ``mean`` too, and the decoding attention (:func:`_decode_attention_fixed`) has one shape
+whatever the batch (``benchmarks/RESULTS.md``, the GPU check; not yet measured there). What is not invariant:
+across machines whose kernels differ (another CPU instruction set, another GPU), the bits differ.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from . import invariant
+from .invariant import RowInvariant
 
 ATTENTION = "lightreasoner"
 CHUNK = 64  # key columns per block of the decoding attention
@@ -60,45 +65,6 @@ def cache_kwarg(model: Any) -> str:
     """The forward argument that takes the KV cache: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Row-invariant products
-
-
-def tile_rows(device: torch.device, dtype: torch.dtype) -> int:
-    """Rows per product for ``linear``: 0 = native (bf16 on CPU: any count >= 2 gives the same bits), else a tile."""
-    if device.type == "cpu" and dtype == torch.bfloat16:
-        return 0
-    return 16 if device.type == "cpu" else 64
-
-
-def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` whose result for a row does not depend on how many rows come with it (see module doc)."""
-    rows = x.reshape(-1, x.shape[-1])
-    m = rows.shape[0]
-    tile = tile_rows(x.device, x.dtype)
-    if tile == 0:
-        if m >= 2:
-            return F.linear(x, weight, bias)
-        out = F.linear(rows.expand(2, -1), weight, bias)[:1]
-    else:
-        pad = (-m) % tile
-        if pad:
-            rows = torch.cat([rows, rows.new_zeros((pad, rows.shape[1]))])
-        out = torch.cat([F.linear(rows[i:i + tile], weight, bias) for i in range(0, m + pad, tile)])[:m]
-    return out.reshape(*x.shape[:-1], out.shape[-1])
-
-
-class RowInvariant(torch.overrides.TorchFunctionMode):
-    """Inside ``with RowInvariant():`` every ``F.linear`` (models, PEFT adapters, output layers) is
-    :func:`invariant_linear`."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.linear:  # (the mode is off inside its own handler: no recursion)
-            return invariant_linear(*args, **kwargs)
-        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -232,6 +198,8 @@ def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     float32 copies of the keys and values: scores rounded to bf16 would blunt the softmax); the value products
     run over ``CHUNK``-column blocks so their shapes, hence their bits, do not depend on the batch's widest row.
     """
+    if invariant.reduction_tile(q.device):
+        return _decode_attention_fixed(q, keys, values, slots, lengths, scaling, window)
     b, hq, d = q.shape
     s, hkv = keys.shape[0], keys.shape[1]
     width = -(-int(lengths.max()) // CHUNK) * CHUNK
@@ -253,6 +221,41 @@ def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     for c in range(CHUNK, width, CHUNK):
         acc += torch.matmul(p[..., c:c + CHUNK], v[:, :, c:c + CHUNK])
     return acc.to(q.dtype).reshape(b, hq, d)[slots]
+
+
+def _decode_attention_fixed(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
+                            lengths: torch.Tensor, scaling: float | None, window: int | None) -> torch.Tensor:
+    """:func:`_decode_attention` in calls whose shapes never depend on the batch (for devices whose kernels change
+    with the shape): rows in tiles of :func:`.invariant.reduction_tile` (the last padded with copies of its last
+    row), keys and values in ``CHUNK``-column blocks, copied contiguous. The softmax's maximum is exact in any order,
+    and its sum is taken by the value products themselves (a ones column appended to each value block)."""
+    b, hq, d = q.shape
+    hkv, tile = keys.shape[1], invariant.reduction_tile(q.device)
+    order = torch.empty_like(slots)
+    order[slots] = torch.arange(b, device=slots.device)  # slot -> row
+    qg = q[order].reshape(b, hkv, hq // hkv, d).float()
+    n = lengths[order]
+    width = -(-int(n.max()) // CHUNK) * CHUNK
+    scale = scaling if scaling is not None else d ** -0.5
+    cols = torch.arange(width, device=q.device)
+    out = []
+    for r0 in range(0, b, tile):
+        rows = torch.arange(r0, r0 + tile, device=q.device).clamp(max=b - 1)
+        qt, nt = qg[rows], n[rows]
+        scores = torch.cat([torch.matmul(qt, keys[rows, :, c:c + CHUNK].transpose(-1, -2))
+                            for c in range(0, width, CHUNK)], dim=-1) * scale
+        masked = cols[None, :] >= nt[:, None]
+        if window is not None:
+            masked |= cols[None, :] < (nt - window)[:, None]
+        scores.masked_fill_(masked[:, None, None, :], float("-inf"))
+        p = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
+        acc = None
+        for c in range(0, width, CHUNK):
+            v = values[rows, :, c:c + CHUNK]
+            term = torch.matmul(p[..., c:c + CHUNK].contiguous(), torch.cat([v, v.new_ones((*v.shape[:-1], 1))], -1))
+            acc = term if acc is None else acc + term
+        out.append(acc[..., :d] / acc[..., d:])
+    return torch.cat(out)[:b].to(q.dtype).reshape(b, hq, d)[slots]
 
 
 def _register() -> None:

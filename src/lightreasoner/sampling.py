@@ -27,9 +27,10 @@ from typing import Any, Sequence
 
 import torch
 
-from .contrast import StepReduction, reduce_step
+from .contrast import StepReduction, reduce_steps
 from .crosstok import CODES
-from .decoder import CachedDecoder, RowInvariant, hidden_states
+from .decoder import CachedDecoder, hidden_states
+from .invariant import RowInvariant
 from .generation import StepView, stream
 from .problems import Problem
 from .textpath import TextPath, score_text
@@ -130,7 +131,7 @@ class _Lockstep:
                 logits_a = self.dec.step(view.fed)
             self.rows = rows
             v = self.vocab_size
-            red = reduce_step(view.logits[:, :v], logits_a[:, :v], self.params.alpha, self.params.contrast)
+            red = reduce_steps(view.logits[:, :v], logits_a[:, :v], self.params.alpha, self.params.contrast)
             lists = (red.kl.tolist(), red.expert_entropy.tolist(), red.amateur_entropy.tolist(),
                      red.top1_agree.tolist())
             for i, r in enumerate(rows):
@@ -217,7 +218,7 @@ def _score_teacher_forced(expert: Any, amateur: Any, prompts: Sequence[Sequence[
         with RowInvariant():
             le = head_e(h_e[ri, ti].to(head_e.weight.device))[:, :vocab_size]
             la = head_a(h_a[at])[:, :vocab_size]
-        red = reduce_step(le, la, params.alpha, params.contrast)
+        red = reduce_steps(le, la, params.alpha, params.contrast)
         lists = (red.kl.tolist(), red.expert_entropy.tolist(), red.amateur_entropy.tolist(),
                  red.top1_agree.tolist())
         for j, (i, t) in enumerate(chunk):

@@ -101,7 +101,7 @@ def decode_with_logits(model: Any, prompts: Sequence[Sequence[int]], order: Sequ
     def record(view: Any) -> None:
         for j, r in enumerate(view.rows.tolist()):
             i = order[r]
-            logits[i, steps.get(i, 0)] = view.logits[j].float().numpy().tobytes()
+            logits[i, steps.get(i, 0)] = view.logits[j].float().cpu().numpy().tobytes()
             steps[i] = steps.get(i, 0) + 1
 
     done = {order[r]: c.ids for r, c, _ in stream(model, [prompts[i] for i in order], eos_ids=eos_ids,

@@ -17,9 +17,10 @@ from typing import Any, Sequence
 
 import torch
 
-from .contrast import reduce_step
+from .contrast import reduce_steps
 from .crosstok import VocabMap, align, amateur_logq, build_vocab_map, check_piecewise, identity_alignment
-from .decoder import RowInvariant, hidden_states
+from .decoder import hidden_states
+from .invariant import RowInvariant
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +83,13 @@ def score_text(expert: Any, amateur: Any, amateur_prompts: Sequence[Sequence[int
                 le = head_e(h_e[ri, ti].to(head_e.weight.device))[:, :vmap.expert_width]
                 la = head_a(h_a[at])
             if vmap.fast:
-                red = reduce_step(le, la[:, vmap.gather.to(la.device)], params.alpha, params.contrast)
+                red = reduce_steps(le, la[:, vmap.gather.to(la.device)], params.alpha, params.contrast)
                 dropped = [0.0] * len(scored)
             else:
                 targets = torch.tensor([trajs[i].completion[t] for i, t in scored], device=device)
                 logq, drop = _logq(la, h_a, head_a, [(base[i] + aligns[i].at[t], aligns[i].paths[t])
                                                      for i, t in scored], first, vmap.expert_width, targets)
-                red = reduce_step(le, logq.to(le.device), params.alpha, params.contrast)
+                red = reduce_steps(le, logq.to(le.device), params.alpha, params.contrast)
                 dropped = drop.tolist()
             lists = (red.kl.tolist(), red.expert_entropy.tolist(), red.amateur_entropy.tolist(),
                      red.top1_agree.tolist())

@@ -1,0 +1,95 @@
+"""Row-invariant products and reductions: a row's result never depends on how many rows share the call.
+
+A kernel may pick its blocking, and so a row's rounding, by the shape of the whole call. Measured (issue 14 on
+this project's CPUs, ``benchmarks/RESULTS.md``; the GPU on an H200):
+
+- ``linear``: in bf16 on CPU any row count >= 2 gives a row the same bits (one row takes another kernel); in
+  float32 (MKL) the kernel changes with the row count from 4 rows on; cuBLAS picks kernels by shape.
+- Row reductions (RMSNorm's ``mean``, sums over the vocabulary): on CPU a row's bits do not depend on the row count;
+  on CUDA the split of a row across threads and blocks follows the row count.
+
+So, inside ``with RowInvariant():``, ``linear`` runs in calls of a fixed shape (:func:`tile_rows`) and, where
+:func:`reduction_tile` > 0, so does a ``mean`` over the last dimension; :func:`by_row_tiles` does the same for
+any row-wise function (the scoring statistics).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def tile_rows(device: torch.device, dtype: torch.dtype) -> int:
+    """Rows per product for ``linear``: 0 = native (bf16 on CPU: any count >= 2 gives the same bits), else a tile."""
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        return 0
+    return 16 if device.type == "cpu" else 64
+
+
+def reduction_tile(device: torch.device) -> int:
+    """Rows per call of a row reduction (RMSNorm's mean, the decoding attention, the scoring statistics): 0 = native
+    (on CPU a row's reduction gives the same bits for any row count, tested), else a fixed tile (on CUDA the
+    kernel's split of a row follows the row count)."""
+    return 0 if device.type == "cpu" else 64
+
+
+def _tiled(fn: Any, rows: torch.Tensor, tile: int) -> torch.Tensor:
+    """``fn`` over ``rows [M, ...]`` in calls of exactly ``tile`` rows (the last zero-padded), concatenated."""
+    m = rows.shape[0]
+    pad = (-m) % tile
+    if pad:
+        rows = torch.cat([rows, rows.new_zeros((pad, *rows.shape[1:]))])
+    return torch.cat([fn(rows[i:i + tile]) for i in range(0, m + pad, tile)])[:m]
+
+
+def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` whose result for a row does not depend on how many rows come with it (see module doc)."""
+    rows = x.reshape(-1, x.shape[-1])
+    tile = tile_rows(x.device, x.dtype)
+    if tile == 0:
+        if rows.shape[0] >= 2:
+            return F.linear(x, weight, bias)
+        out = F.linear(rows.expand(2, -1), weight, bias)[:1]
+    else:
+        out = _tiled(lambda r: F.linear(r, weight, bias), rows, tile)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def invariant_mean(x: torch.Tensor, dim: Any = None, keepdim: bool = False, **kwargs: Any) -> torch.Tensor:
+    """``torch.mean``; over the last dimension in row tiles where :func:`reduction_tile` asks for them."""
+    tile = reduction_tile(x.device)
+    last = dim in (-1, x.dim() - 1, [-1], (-1,), [x.dim() - 1], (x.dim() - 1,))
+    if tile == 0 or not last or x.dim() < 2 or kwargs:
+        return torch.mean(x, **({} if dim is None else {"dim": dim, "keepdim": keepdim}), **kwargs)
+    out = _tiled(lambda r: r.mean(-1, keepdim=True), x.reshape(-1, x.shape[-1]), tile)
+    return out.reshape(*x.shape[:-1], 1) if keepdim else out.reshape(x.shape[:-1])
+
+
+def by_row_tiles(fn: Any, *xs: torch.Tensor) -> list[tuple[int, Any]]:
+    """``fn`` over ``xs`` (same row count) in calls of exactly :func:`reduction_tile` rows, the last padded with
+    copies of its last row: ``[(real rows, fn(*tile)), ...]``. One call, unpadded, where the device's row
+    reductions are invariant (CPU)."""
+    tile = reduction_tile(xs[0].device)
+    m = xs[0].shape[0]
+    if tile == 0:
+        return [(m, fn(*xs))]
+    out = []
+    for i in range(0, m, tile):
+        rows = torch.arange(i, i + tile, device=xs[0].device).clamp(max=m - 1)
+        out.append((min(tile, m - i), fn(*(x[rows] for x in xs))))
+    return out
+
+
+class RowInvariant(torch.overrides.TorchFunctionMode):
+    """Inside ``with RowInvariant():`` every ``F.linear`` (models, PEFT adapters, output layers) is
+    :func:`invariant_linear`, every ``mean`` :func:`invariant_mean`."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:  # (the mode is off inside its own handler: no recursion)
+            return invariant_linear(*args, **kwargs)
+        if func is torch.mean or func is torch.Tensor.mean:
+            return invariant_mean(*args, **kwargs)
+        return func(*args, **kwargs)

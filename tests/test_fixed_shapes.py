@@ -1,0 +1,128 @@
+"""The fixed-shape path that CUDA takes (``invariant.reduction_tile`` > 0), forced here on the CPU with a small tile:
+it must compute what the native path computes, give a row the same bits whatever rides with it, and really run."""
+
+import random
+
+import pytest
+import torch
+
+from lightreasoner import decoder, invariant
+from lightreasoner.contrast import reduce_step, reduce_steps
+from lightreasoner.invariant import RowInvariant, by_row_tiles, invariant_mean
+from lightreasoner.testing import decode_with_logits, invariance_runs, tiny_causal_lm
+
+EOS = 256
+SHAPE = dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, num_key_value_heads=2,
+             num_hidden_layers=2)
+TILE = 3  # smaller than the batches below, so several tiles and a padded last one are exercised
+
+
+@pytest.fixture
+def fixed(monkeypatch):
+    """Force the fixed-shape path on the CPU; counts the calls of the fixed decoding attention."""
+    calls = {"attention": 0}
+    real = decoder._decode_attention_fixed
+
+    def counted(*args, **kwargs):
+        calls["attention"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(invariant, "reduction_tile", lambda device: TILE)
+    monkeypatch.setattr(decoder, "_decode_attention_fixed", counted)
+    return calls
+
+
+def _prompts(n: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(32, 250) for _ in range(rng.randint(2, 90))] for _ in range(n)]
+
+
+def _cache(b: int, hkv: int, width: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, hkv, width, d, generator=g), torch.randn(b, hkv, width, d, generator=g)
+
+
+@pytest.mark.parametrize("window", [None, 20])
+def test_fixed_decoding_attention_equals_the_native_one(monkeypatch, window):
+    b, hq, hkv, d = 7, 4, 2, 16
+    keys, values = _cache(b, hkv, 256, d, seed=1)
+    q = torch.randn(b, hq, d, generator=torch.Generator().manual_seed(2))
+    slots = torch.tensor([3, 0, 6, 1, 5, 2, 4])
+    lengths = torch.tensor([5, 130, 64, 1, 65, 199, 40])
+    native = decoder._decode_attention(q, keys, values, slots, lengths, 0.3, window)
+    monkeypatch.setattr(invariant, "reduction_tile", lambda device: TILE)
+    fixed = decoder._decode_attention(q, keys, values, slots, lengths, 0.3, window)
+    torch.testing.assert_close(fixed, native, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(fixed, torch.zeros_like(fixed))
+
+
+def test_fixed_decoding_attention_gives_a_row_the_same_bits_alone_and_in_a_crowd(fixed):
+    hq, hkv, d = 4, 2, 16
+    keys, values = _cache(6, hkv, 256, d, seed=3)
+    q = torch.randn(6, hq, d, generator=torch.Generator().manual_seed(4))
+    lengths = torch.tensor([9, 250, 70, 3, 128, 64])
+    crowd = decoder._decode_attention(q, keys, values, torch.arange(6), lengths, None, None)
+    for j in range(6):
+        alone = decoder._decode_attention(q[j:j + 1], keys[j:j + 1], values[j:j + 1], torch.tensor([0]),
+                                          lengths[j:j + 1], None, None)
+        assert torch.equal(alone[0], crowd[j])
+    assert fixed["attention"] == 7
+
+
+def test_tiled_mean_equals_mean_and_leaves_other_reductions_alone(fixed, monkeypatch):
+    seen = []
+    real = invariant.invariant_mean
+    monkeypatch.setattr(invariant, "invariant_mean", lambda *a, **k: seen.append(a[0].shape) or real(*a, **k))
+    x = torch.randn(2, 7, 33)
+    torch.testing.assert_close(invariant_mean(x, -1, keepdim=True), x.mean(-1, keepdim=True))
+    assert invariant_mean(x, -1).shape == (2, 7)
+    assert torch.equal(invariant_mean(x, 0), x.mean(0))
+    assert torch.equal(invariant_mean(x), x.mean())
+    with RowInvariant():  # RMSNorm's call, intercepted: tiles of TILE rows give a row the same bits
+        rows = x.reshape(14, 33)
+        alone = rows[5:6].pow(2).mean(-1, keepdim=True)
+        crowd = rows.pow(2).mean(-1, keepdim=True)
+    assert torch.equal(alone[0], crowd[5])
+    assert seen == [(1, 33), (14, 33)]  # RowInvariant routed both calls through invariant_mean
+
+
+def test_row_tiles_cover_every_row_once_padding_with_the_last(monkeypatch):
+    x = torch.arange(8.0)[:, None]
+    assert by_row_tiles(lambda t: t[:, 0].tolist(), x) == [(8, list(range(8)))]  # native: one call, unpadded
+    monkeypatch.setattr(invariant, "reduction_tile", lambda device: TILE)
+    assert by_row_tiles(lambda t: t[:, 0].tolist(), x) == [(3, [0, 1, 2]), (3, [3, 4, 5]), (2, [6, 7, 7])]
+
+
+def test_tiled_reductions_stack_to_the_whole_one(fixed):
+    g = torch.Generator().manual_seed(7)
+    le, la = torch.randn(8, 300, generator=g) * 3, torch.randn(8, 300, generator=g) * 3
+    le[5, :40] = le[5].max() + 0.1  # one row with a plausible set wider than the others
+    whole, tiled = reduce_step(le, la, 0.2), reduce_steps(le, la, 0.2)
+    assert tiled.label_ids.shape == whole.label_ids.shape and whole.label_ids.shape[1] >= 40
+    for name in ("kl", "expert_entropy", "amateur_entropy", "label_weights", "expert_top_probs",
+                 "amateur_top_probs"):
+        torch.testing.assert_close(getattr(tiled, name), getattr(whole, name))
+    for name in ("top1_agree", "label_ids", "expert_top_ids", "amateur_top_ids"):
+        assert torch.equal(getattr(tiled, name), getattr(whole, name))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_the_fixed_path_decodes_invariantly_and_as_the_native_path(fixed, monkeypatch, dtype):
+    model = tiny_causal_lm(seed=5, dtype=dtype, **SHAPE)
+    prompts = _prompts(8, seed=11)
+    (ref, ref_logits), runs = invariance_runs(model, prompts, max_new_tokens=12, eos_ids=[EOS], pad_id=257)
+    for done, logits in runs:
+        assert done == ref and logits.keys() == ref_logits.keys()
+        assert all(logits[k] == ref_logits[k] for k in ref_logits)
+    assert fixed["attention"] > 0
+    monkeypatch.setattr(invariant, "reduction_tile", lambda device: 0)
+    native, native_logits = decode_with_logits(model, prompts, list(range(8)), eos_ids=[EOS], pad_id=257,
+                                               max_new_tokens=12, batch_size=8)
+    # float32: every step agrees closely; bf16 rounds the attention's output, so a near-tie may flip a later token:
+    # there the first decoded step (after one fixed-path attention) is compared
+    steps = ref_logits if dtype == torch.float32 else [k for k in ref_logits if k[1] == 1]
+    for k in steps:
+        a, b = (torch.frombuffer(bytearray(x), dtype=torch.float32) for x in (ref_logits[k], native_logits[k]))
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 if dtype == torch.float32 else 0.1)
+    if dtype == torch.float32:
+        assert native == ref
