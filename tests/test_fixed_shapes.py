@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from lightreasoner import decoder, invariant
+from lightreasoner import decoder, invariant, sampling
 from lightreasoner.contrast import reduce_step, reduce_steps
 from lightreasoner.invariant import RowInvariant, by_row_tiles, invariant_mean
 from lightreasoner.testing import decode_with_logits, invariance_runs, tiny_causal_lm
@@ -126,3 +126,50 @@ def test_the_fixed_path_decodes_invariantly_and_as_the_native_path(fixed, monkey
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 if dtype == torch.float32 else 0.1)
     if dtype == torch.float32:
         assert native == ref
+
+
+class ShapeSensitive(torch.overrides.TorchFunctionMode):
+    """A stand-in for CUDA's kernels on the CPU: every product and reduction rounds by the shape of its whole call
+    (its result scaled by 1 + 2^-18 * (a hash of the input shapes)), as a kernel choosing its split by shape does.
+    Products whose inner size is 1 are exact anyway, and are left alone."""
+
+    PRODUCTS = {torch.nn.functional.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm}
+    REDUCTIONS = {torch.mean, torch.Tensor.mean, torch.sum, torch.Tensor.sum}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in self.PRODUCTS and args[0].shape[-1] > 1 or func in self.REDUCTIONS and args[0].numel() > 1:
+            shapes = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
+            out = out * (1 + 2.0 ** -18 * (hash(shapes) % 7))
+        return out
+
+
+@pytest.mark.parametrize("tile", [0, TILE], ids=["native", "fixed"])
+def test_under_shape_sensitive_kernels_only_the_fixed_path_stays_invariant(monkeypatch, tile):
+    """The routing test: with kernels that round by call shape, every product and reduction a decoded row meets
+    must run in a shape of its own. The native path fails here (the emulation bites); the fixed path holds."""
+    monkeypatch.setattr(invariant, "reduction_tile", lambda device: tile)
+    model = tiny_causal_lm(seed=5, dtype=torch.float32, **SHAPE)  # float32: linear in fixed tiles on the CPU too
+    prompts = _prompts(5, seed=3)
+    with ShapeSensitive():
+        alone = [decode_with_logits(model, [p], [0], eos_ids=[EOS], pad_id=257, max_new_tokens=4)[1] for p in prompts]
+        _, crowd = decode_with_logits(model, prompts, list(range(5)), eos_ids=[EOS], pad_id=257, max_new_tokens=4,
+                                      batch_size=5)
+    same = all(crowd[i, t] == a[0, t] for i, a in enumerate(alone) for t in range(4))
+    assert same == bool(tile)
+
+
+def test_under_shape_sensitive_kernels_the_fixed_path_samples_the_same_at_any_batch_size(fixed):
+    expert, amateur = (tiny_causal_lm(seed=s, dtype=torch.float32, **SHAPE) for s in (5, 6))
+    prompts = _prompts(5, seed=8)
+    params = sampling.ScoringParams(max_new_tokens=5, beta=0.0)
+
+    def records(batch):
+        with ShapeSensitive():
+            trajs = [t for i in range(0, 5, batch)
+                     for t in sampling.sample_batch(expert, amateur, prompts[i:i + batch], [EOS], 257, 256, params)]
+        return [(t.completion, t.kl, t.steps) for t in trajs]
+
+    together = records(5)
+    assert sum(len(steps) for *_, steps in together) > 5  # steps were kept and labelled
+    assert records(1) == together and records(2) == together
