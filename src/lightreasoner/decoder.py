@@ -230,7 +230,7 @@ def _decode_attention_fixed(q: torch.Tensor, keys: torch.Tensor, values: torch.T
     row), keys and values in ``CHUNK``-column blocks, copied contiguous. The softmax's maximum is exact in any order,
     and its sum is taken by the value products themselves (a ones column appended to each value block)."""
     b, hq, d = q.shape
-    hkv, tile = keys.shape[1], invariant.reduction_tile(q.device)
+    hkv = keys.shape[1]
     order = torch.empty_like(slots)
     order[slots] = torch.arange(b, device=slots.device)  # slot -> row
     qg = q[order].reshape(b, hkv, hq // hkv, d).float()
@@ -238,10 +238,10 @@ def _decode_attention_fixed(q: torch.Tensor, keys: torch.Tensor, values: torch.T
     width = -(-int(n.max()) // CHUNK) * CHUNK
     scale = scaling if scaling is not None else d ** -0.5
     cols = torch.arange(width, device=q.device)
-    out = []
-    for r0 in range(0, b, tile):
-        rows = torch.arange(r0, r0 + tile, device=q.device).clamp(max=b - 1)
-        qt, nt = qg[rows], n[rows]
+    ones = None
+
+    def tile(qt: torch.Tensor, nt: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        nonlocal ones
         scores = torch.cat([torch.matmul(qt, keys[rows, :, c:c + CHUNK].transpose(-1, -2))
                             for c in range(0, width, CHUNK)], dim=-1) * scale
         masked = cols[None, :] >= nt[:, None]
@@ -252,10 +252,13 @@ def _decode_attention_fixed(q: torch.Tensor, keys: torch.Tensor, values: torch.T
         acc = None
         for c in range(0, width, CHUNK):
             v = values[rows, :, c:c + CHUNK]
-            term = torch.matmul(p[..., c:c + CHUNK].contiguous(), torch.cat([v, v.new_ones((*v.shape[:-1], 1))], -1))
+            ones = v.new_ones((*v.shape[:-1], 1)) if ones is None else ones
+            term = torch.matmul(p[..., c:c + CHUNK].contiguous(), torch.cat([v, ones], -1))
             acc = term if acc is None else acc + term
-        out.append(acc[..., :d] / acc[..., d:])
-    return torch.cat(out)[:b].to(q.dtype).reshape(b, hq, d)[slots]
+        return acc[..., :d] / acc[..., d:]
+
+    parts = invariant.by_row_tiles(tile, qg, n, torch.arange(b, device=q.device))
+    return torch.cat([o[:m] for m, o in parts]).to(q.dtype).reshape(b, hq, d)[slots]
 
 
 def _register() -> None:

@@ -1,12 +1,15 @@
 """Row-invariant products and reductions: a row's result never depends on how many rows share the call.
 
-A kernel may pick its blocking, and so a row's rounding, by the shape of the whole call. Measured (issue 14 on
-this project's CPUs, ``benchmarks/RESULTS.md``; the GPU on an H200):
+A kernel may pick its blocking, and so a row's rounding, by the shape of the whole call. Measured on this
+project's CPUs (issue 14, ``benchmarks/RESULTS.md``):
 
-- ``linear``: in bf16 on CPU any row count >= 2 gives a row the same bits (one row takes another kernel); in
-  float32 (MKL) the kernel changes with the row count from 4 rows on; cuBLAS picks kernels by shape.
-- Row reductions (RMSNorm's ``mean``, sums over the vocabulary): on CPU a row's bits do not depend on the row count;
-  on CUDA the split of a row across threads and blocks follows the row count.
+- ``linear``: in bf16 any row count >= 2 gives a row the same bits (one row takes another kernel); in float32
+  (MKL) the kernel changes with the row count from 4 rows on.
+- Row reductions (RMSNorm's ``mean``, sums over the vocabulary): a row's bits do not depend on the row count.
+
+On an H200 decoding was not batch-invariant (the GPU check); CUDA's reductions split a row across threads and
+blocks by the row count, and cuBLAS picks kernels by shape, so there every such call gets one shape (whether
+that suffices is for the GPU check's ``invariance`` part to show).
 
 So, inside ``with RowInvariant():``, ``linear`` runs in calls of a fixed shape (:func:`tile_rows`) and, where
 :func:`reduction_tile` > 0, so does a ``mean`` over the last dimension; :func:`by_row_tiles` does the same for
@@ -36,12 +39,8 @@ def reduction_tile(device: torch.device) -> int:
 
 
 def _tiled(fn: Any, rows: torch.Tensor, tile: int) -> torch.Tensor:
-    """``fn`` over ``rows [M, ...]`` in calls of exactly ``tile`` rows (the last zero-padded), concatenated."""
-    m = rows.shape[0]
-    pad = (-m) % tile
-    if pad:
-        rows = torch.cat([rows, rows.new_zeros((pad, *rows.shape[1:]))])
-    return torch.cat([fn(rows[i:i + tile]) for i in range(0, m + pad, tile)])[:m]
+    """``fn`` over ``rows [M, ...]`` in calls of exactly ``tile`` rows, concatenated (:func:`by_row_tiles`)."""
+    return torch.cat([out[:m] for m, out in by_row_tiles(fn, rows, tile=tile)])
 
 
 def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,18 +66,21 @@ def invariant_mean(x: torch.Tensor, dim: Any = None, keepdim: bool = False, **kw
     return out.reshape(*x.shape[:-1], 1) if keepdim else out.reshape(x.shape[:-1])
 
 
-def by_row_tiles(fn: Any, *xs: torch.Tensor) -> list[tuple[int, Any]]:
-    """``fn`` over ``xs`` (same row count) in calls of exactly :func:`reduction_tile` rows, the last padded with
-    copies of its last row: ``[(real rows, fn(*tile)), ...]``. One call, unpadded, where the device's row
-    reductions are invariant (CPU)."""
-    tile = reduction_tile(xs[0].device)
+def by_row_tiles(fn: Any, *xs: torch.Tensor, tile: int | None = None) -> list[tuple[int, Any]]:
+    """``fn`` over ``xs`` (same row count) in calls of exactly ``tile`` rows (default :func:`reduction_tile`), the
+    last padded with copies of its last row: ``[(real rows, fn(*tile)), ...]``. One call, unpadded, for a tile of
+    0 (the device's row reductions are invariant: CPU)."""
+    tile = reduction_tile(xs[0].device) if tile is None else tile
     m = xs[0].shape[0]
     if tile == 0:
         return [(m, fn(*xs))]
     out = []
     for i in range(0, m, tile):
-        rows = torch.arange(i, i + tile, device=xs[0].device).clamp(max=m - 1)
-        out.append((min(tile, m - i), fn(*(x[rows] for x in xs))))
+        if i + tile <= m:  # a whole tile: views
+            out.append((tile, fn(*(x[i:i + tile] for x in xs))))
+        else:
+            rows = torch.arange(i, i + tile, device=xs[0].device).clamp(max=m - 1)
+            out.append((m - i, fn(*(x[rows] for x in xs))))
     return out
 
 
