@@ -16,6 +16,9 @@ fraction of cases whose bits equal the row alone (1 = invariant):
   whose completions do.
 - ``sampling.<path>``: ``sampling.sample_batch`` (teacher-forced amateur) on 6 problems at batch size 6 against
   batches of 2: 1 if every record (completions, KL lists, kept steps and labels) is equal.
+- ``textpath.<path>``: the same on the text path (``testing.two_tokenizers``: the amateur splits tokens the expert
+  merges; the expert steered to them), over the models' whole output widths (the rows past the small
+  tokenizers are unmapped): 1 if every record, alignment codes and dropped mass included, is equal.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ from lightreasoner import decoder, invariant, sampling, utils  # noqa: E402
 from lightreasoner.contrast import reduce_steps  # noqa: E402
 from lightreasoner.invariant import RowInvariant, invariant_linear  # noqa: E402
 from lightreasoner.models import default_device, resolve_dtype  # noqa: E402
-from lightreasoner.testing import invariance_runs, tiny_causal_lm  # noqa: E402
+from lightreasoner.prompts import build_prompt_ids  # noqa: E402
+from lightreasoner.testing import invariance_runs, steer, tiny_causal_lm, two_tokenizers  # noqa: E402
+from lightreasoner.textpath import text_path  # noqa: E402
 
 SIZES = {"gpu": dict(shape="1.5b", amateur="0.5b", hidden=1536, vocab=151936, heads=(12, 2), tokens=16,
                      prompt=(80, 140), crowds=(1, 2, 3, 8, 16, 17, 64, 65, 130), lengths=700, tile=None),
@@ -118,6 +123,29 @@ def end_to_end(size: dict, expert, amateur, name: str) -> dict:
             f"sampling.{name}": float(records(6) == records(2))}
 
 
+def text_path_check(size: dict, expert, amateur, name: str) -> dict:
+    tok_e, tok_a = two_tokenizers()
+    rows = [m.get_output_embeddings().weight.shape[0] for m in (expert, amateur)]
+    text = text_path(tok_e, tok_a, expert_rows=rows[0], amateur_rows=rows[1], expert_eos=[tok_e.eos_token_id],
+                     amateur_eos=[tok_a.eos_token_id])
+    questions = ["What is 3+4?", "Sara had 20 dollars.", "x", "A box holds 6 eggs.", "Add 12 and 23.", "the 12th"]
+    prompts, a_prompts = ([build_prompt_ids(t, q) for q in questions] for t in (tok_e, tok_a))
+    params = sampling.ScoringParams(max_new_tokens=size["tokens"], beta=0.0, chunk_steps=7)
+    steer(expert, tok_e.convert_tokens_to_ids(["Ġth", "Ġt", "12", "Ġ", "a", "1", "3", "h", "e"]))
+
+    def records(batch: int) -> list:
+        trajs = [t for i in range(0, 6, batch)
+                 for t in sampling.sample_batch(expert, amateur, prompts[i:i + batch], [tok_e.eos_token_id],
+                                                tok_e.pad_token_id, 0, params, text=text,
+                                                amateur_prompts=a_prompts[i:i + batch])]
+        return [(t.completion, t.kl, t.alignment, t.dropped, t.steps) for t in trajs]
+
+    try:
+        return {f"textpath.{name}": float(records(6) == records(2))}
+    finally:
+        expert.get_output_embeddings().bias = None
+
+
 def run(args: argparse.Namespace) -> dict:
     size = SIZES["smoke" if args.smoke else "gpu"]
     device = torch.device(args.device or ("cpu" if args.smoke else default_device()))
@@ -131,7 +159,8 @@ def run(args: argparse.Namespace) -> dict:
     try:
         for name in ("native", "fixed"):
             path(name, size)
-            for part in (op_checks(size, device, name), end_to_end(size, expert, amateur, name)):
+            for part in (op_checks(size, device, name), end_to_end(size, expert, amateur, name),
+                         text_path_check(size, expert, amateur, name)):
                 figures.update(part)
                 print(json.dumps(part), flush=True)
     finally:

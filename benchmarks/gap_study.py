@@ -299,7 +299,7 @@ def arm_row(root: Path, arm: Arm) -> dict:
            "base": accuracy(base), "base_train100": accuracy(root / "layers" / short(arm.expert)),
            "amateur_accuracy": am_test, "amateur_train100": am_train,
            "kept_fraction": sample["counts"]["kept_fraction"] if sample else None, "tuned": accuracy(tuned),
-           "hours": round(hours(d / "sample", d / "train", d / "eval"), 2)}
+           "hours": round(hours(d / "sample", d / "train", d / "eval"), 2) if sample else None}
     if row["base"] is not None and am_test is not None:
         row["gap"], row["gap_on"] = round(row["base"] - am_test, 1), "test"
     elif row["base_train100"] is not None and am_train is not None:
@@ -334,7 +334,8 @@ def table(root: Path) -> None:
                      f"{fmt(r['amateur_accuracy'])} | {fmt(r['gap'])}{mark} | {fmt(r['kept_fraction'], pct=True)} | "
                      f"{fmt(r['tuned'])} | {fmt(p.get('delta'))}"
                      + (f" ({ci[0]:+.1f}, {ci[1]:+.1f})" if ci else "")
-                     + f" | {fmt(p.get('p_value'))} | {fmt(p.get('min_detectable_80'))} | {r['hours']:.2f} |")
+                     + f" | {fmt(p.get('p_value'))} | {fmt(p.get('min_detectable_80'))} | "
+                     + ("-" if r["hours"] is None else f"{r['hours']:.2f}") + " |")
     lines += ["", "Accuracies and gaps in points on the whole GSM8K test (1,319); † gap on the first 100 GSM8K "
               "train problems (the amateur's whole-test accuracy is not measured yet). hours: the arm's sample + "
               f"train + eval, wall clock on 2 cores. The whole study so far: {total:.1f} wall hours "

@@ -6,10 +6,12 @@ import random
 import pytest
 import torch
 
-from lightreasoner import decoder, invariant, sampling
+from lightreasoner import crosstok, decoder, invariant, sampling
 from lightreasoner.contrast import reduce_step, reduce_steps
-from lightreasoner.invariant import RowInvariant, by_row_tiles, invariant_mean
-from lightreasoner.testing import decode_with_logits, invariance_runs, tiny_causal_lm
+from lightreasoner.invariant import RowInvariant, by_row_tiles, invariant_mean, rowwise
+from lightreasoner.prompts import build_prompt_ids
+from lightreasoner.testing import decode_with_logits, invariance_runs, steer, tiny_causal_lm, two_tokenizers
+from lightreasoner.textpath import text_path
 
 EOS = 256
 SHAPE = dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, num_key_value_heads=2,
@@ -93,6 +95,18 @@ def test_row_tiles_cover_every_row_once_padding_with_the_last(monkeypatch):
     assert by_row_tiles(lambda t: t[:, 0].tolist(), x) == [(3, [0, 1, 2]), (3, [3, 4, 5]), (2, [6, 7, 7])]
 
 
+def test_rowwise_puts_tiles_back_together_as_one_call(monkeypatch):
+    x, y = torch.randn(8, 5), torch.randn(8)
+    fn = lambda a, b: (a.softmax(-1), a.sum(-1) + b)  # noqa: E731
+    whole = fn(x, y)
+    for tile in (0, TILE, 8, 20):  # native, several tiles and a padded last one, one exact tile, one padded tile
+        got = rowwise(fn, x, y, tile=tile)
+        assert [g.shape for g in got] == [w.shape for w in whole]
+        for g, w in zip(got, whole):
+            torch.testing.assert_close(g, w)
+    assert rowwise(lambda a: a * 2, x[:1], tile=TILE).shape == (1, 5)
+
+
 def test_tiled_reductions_stack_to_the_whole_one(fixed):
     g = torch.Generator().manual_seed(7)
     le, la = torch.randn(8, 300, generator=g) * 3, torch.randn(8, 300, generator=g) * 3
@@ -134,7 +148,9 @@ class ShapeSensitive(torch.overrides.TorchFunctionMode):
     Products whose inner size is 1 are exact anyway, and are left alone."""
 
     PRODUCTS = {torch.nn.functional.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm}
-    REDUCTIONS = {torch.mean, torch.Tensor.mean, torch.sum, torch.Tensor.sum}
+    REDUCTIONS = {torch.mean, torch.Tensor.mean, torch.sum, torch.Tensor.sum, torch.log_softmax,
+                  torch.Tensor.log_softmax, torch.nn.functional.log_softmax, torch.softmax, torch.Tensor.softmax,
+                  torch.nn.functional.softmax, torch.logsumexp, torch.Tensor.logsumexp, torch.Tensor.index_add_}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -172,4 +188,48 @@ def test_under_shape_sensitive_kernels_the_fixed_path_samples_the_same_at_any_ba
 
     together = records(5)
     assert sum(len(steps) for *_, steps in together) > 5  # steps were kept and labelled
+    assert records(1) == together and records(2) == together
+
+
+def test_the_pushforward_adds_in_a_fixed_order_only_where_tiles_are_used(monkeypatch):
+    """CUDA's index_add_ adds with atomics unless torch's deterministic algorithms are on: the pushforward turns
+    them on around its one scatter where reduction tiles are used (CUDA), and restores the setting."""
+    seen = []
+    real = torch.Tensor.index_add_
+    monkeypatch.setattr(torch.Tensor, "index_add_", lambda *a, **k: seen.append(
+        torch.are_deterministic_algorithms_enabled()) or real(*a, **k))
+    logp = torch.log_softmax(torch.randn(4, 12), -1)
+    first = torch.tensor([0, 1, 1, -1, 2, 0, 3, 3, 3, -1, 4, 5])
+    native = crosstok.pushforward(logp, first, 6)
+    monkeypatch.setattr(invariant, "reduction_tile", lambda device: TILE)
+    fixed = crosstok.pushforward(logp, first, 6)
+    assert seen == [False, True] and not torch.are_deterministic_algorithms_enabled()
+    assert all(torch.equal(a, b) for a, b in zip(native, fixed))
+
+
+def test_under_shape_sensitive_kernels_the_text_path_samples_the_same_at_any_batch_size(fixed):
+    """An amateur with another tokenizer: its distribution over the expert's vocabulary (softmax, pushforward,
+    marginalised paths) must not depend on the steps scored beside it either."""
+    tok_e, tok_a = two_tokenizers()
+    text = text_path(tok_e, tok_a, expert_rows=320, amateur_rows=320, expert_eos=[tok_e.eos_token_id],
+                     amateur_eos=[tok_a.eos_token_id])
+    # the expert writes tokens the amateur reads as one token or as two (marginalised)
+    expert = steer(tiny_causal_lm(seed=5, dtype=torch.float32, **SHAPE),
+                   tok_e.convert_tokens_to_ids(["Ġth", "Ġt", "12", "Ġ", "a", "1", "3", "h"]))
+    amateur = tiny_causal_lm(seed=6, dtype=torch.float32, **SHAPE)
+    questions = ["What is 3+4?", "Sara had 20 dollars.", "x", "A box holds 6 eggs.", "Add 12 and 23."]
+    prompts = [build_prompt_ids(tok_e, q) for q in questions]
+    a_prompts = [build_prompt_ids(tok_a, q) for q in questions]
+    params = sampling.ScoringParams(max_new_tokens=6, beta=0.0, chunk_steps=4)
+
+    def records(batch):
+        with ShapeSensitive():
+            trajs = [t for i in range(0, 5, batch)
+                     for t in sampling.sample_batch(expert, amateur, prompts[i:i + batch], [EOS], 257, 320, params,
+                                                    text=text, amateur_prompts=a_prompts[i:i + batch])]
+        return [(t.completion, t.kl, t.alignment, t.dropped, t.steps) for t in trajs]
+
+    together = records(5)
+    codes = "".join(a for _, _, a, _, _ in together)
+    assert "a" in codes and "m" in codes and sum(len(steps) for *_, steps in together) > 5
     assert records(1) == together and records(2) == together

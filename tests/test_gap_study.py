@@ -88,7 +88,7 @@ def test_table_pairs_each_arm_against_its_base(gs, tmp_path):
     # the early layer: no whole-test accuracy yet, so its gap is on the train problems (base 30 - layer 8)
     own = rows["coder-0.5b__self__embedded"]
     assert (own["amateur"], own["amateur_train100"], own["gap"], own["gap_on"]) == ("self:16", 8.0, 22.0, "train100")
-    assert "paired" not in own and own["tuned"] is None
+    assert "paired" not in own and own["tuned"] is None and own["hours"] is None  # not started: no hours
     # an unfinished evaluation (no meta.json) is not read as a result
     (root / "eval" / "coder-1.5b").mkdir(parents=True)
     (root / "eval" / "coder-1.5b" / "summary.json").write_text(json.dumps({"average": 99.0}))
@@ -101,6 +101,8 @@ def test_table_pairs_each_arm_against_its_base(gs, tmp_path):
     smol_line = next(line for line in md.splitlines() if "smollm2" in line and "coder-0.5b |" in line)
     assert "| 40.0 |" in smol_line and "| 10.0 (" in smol_line and "| 1.30 |" in smol_line
     assert "22.0 †" in md
+    own_line = next(line for line in md.splitlines() if "self:16" in line)
+    assert own_line.endswith("| - |")
     assert (root / "gain_vs_gap.png").stat().st_size > 0
 
 

@@ -20,7 +20,7 @@ SLOTS = (8, 32, 64, 128, 256)
 EXPECTED = {
     "invariance": {f"{k}.{p}" for p in ("native", "fixed") for k in ("ops.mean", "ops.linear", "ops.attention",
                                                                      "ops.scoring", "decode", "completions",
-                                                                     "sampling")},
+                                                                     "sampling", "textpath")},
     "sampling": {"bare_s", "ours_s", "authors_s", "authors_over_ours", "ours_over_bare"},
     "training": {"authors_s_per_epoch", "packed_s_per_epoch", "speedup", "authors_peak_memory",
                  "packed_peak_memory", "memory_ratio"},

@@ -69,6 +69,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .invariant import deterministic_scatter
 from .utils import InputError
 
 logger = logging.getLogger(__name__)
@@ -252,7 +253,8 @@ def pushforward(logp_amateur: torch.Tensor, first: torch.Tensor, width: int) -> 
     """
     p = logp_amateur.exp()
     mapped = first >= 0
-    q = p.new_zeros((p.shape[0], width)).index_add_(1, first[mapped], p[:, mapped])
+    with deterministic_scatter(p.device):  # in amateur-id order, as on the CPU
+        q = p.new_zeros((p.shape[0], width)).index_add_(1, first[mapped], p[:, mapped])
     return q, p[:, ~mapped].sum(-1)
 
 

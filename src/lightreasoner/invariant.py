@@ -13,12 +13,14 @@ that suffices is for the GPU check's ``invariance`` part to show).
 
 So, inside ``with RowInvariant():``, ``linear`` runs in calls of a fixed shape (:func:`tile_rows`) and, where
 :func:`reduction_tile` > 0, so does a ``mean`` over the last dimension; :func:`by_row_tiles` does the same for
-any row-wise function (the scoring statistics).
+any row-wise function (the scoring statistics, the text path's amateur distribution), and
+:func:`deterministic_scatter` makes an ``index_add_`` add in a fixed order there.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +40,6 @@ def reduction_tile(device: torch.device) -> int:
     return 0 if device.type == "cpu" else 64
 
 
-def _tiled(fn: Any, rows: torch.Tensor, tile: int) -> torch.Tensor:
-    """``fn`` over ``rows [M, ...]`` in calls of exactly ``tile`` rows, concatenated (:func:`by_row_tiles`)."""
-    return torch.cat([out[:m] for m, out in by_row_tiles(fn, rows, tile=tile)])
-
-
 def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` whose result for a row does not depend on how many rows come with it (see module doc)."""
     rows = x.reshape(-1, x.shape[-1])
@@ -52,7 +49,7 @@ def invariant_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
             return F.linear(x, weight, bias)
         out = F.linear(rows.expand(2, -1), weight, bias)[:1]
     else:
-        out = _tiled(lambda r: F.linear(r, weight, bias), rows, tile)
+        out = rowwise(lambda r: F.linear(r, weight, bias), rows, tile=tile)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -62,7 +59,7 @@ def invariant_mean(x: torch.Tensor, dim: Any = None, keepdim: bool = False, **kw
     last = dim in (-1, x.dim() - 1, [-1], (-1,), [x.dim() - 1], (x.dim() - 1,))
     if tile == 0 or not last or x.dim() < 2 or kwargs:
         return torch.mean(x, **({} if dim is None else {"dim": dim, "keepdim": keepdim}), **kwargs)
-    out = _tiled(lambda r: r.mean(-1, keepdim=True), x.reshape(-1, x.shape[-1]), tile)
+    out = rowwise(lambda r: r.mean(-1, keepdim=True), x.reshape(-1, x.shape[-1]), tile=tile)
     return out.reshape(*x.shape[:-1], 1) if keepdim else out.reshape(x.shape[:-1])
 
 
@@ -82,6 +79,34 @@ def by_row_tiles(fn: Any, *xs: torch.Tensor, tile: int | None = None) -> list[tu
             rows = torch.arange(i, i + tile, device=xs[0].device).clamp(max=m - 1)
             out.append((m - i, fn(*(x[rows] for x in xs))))
     return out
+
+
+def rowwise(fn: Any, *xs: torch.Tensor, tile: int | None = None) -> Any:
+    """``fn`` over the rows of ``xs`` as :func:`by_row_tiles` calls it, its outputs (a tensor, or a tuple of
+    tensors, rows first) put back together: ``[M, ...]`` for ``M`` rows in."""
+    parts = by_row_tiles(fn, *xs, tile=tile)
+
+    def join(outs: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+        return outs[0][1][:outs[0][0]] if len(outs) == 1 else torch.cat([out[:m] for m, out in outs])
+
+    if isinstance(parts[0][1], tuple):
+        return tuple(join([(m, out[i]) for m, out in parts]) for i in range(len(parts[0][1])))
+    return join(parts)
+
+
+@contextlib.contextmanager
+def deterministic_scatter(device: torch.device) -> Iterator[None]:
+    """Torch's deterministic algorithms on, where :func:`reduction_tile` > 0: CUDA's ``index_add_`` otherwise adds
+    with atomics, in another order from run to run (the CPU's adds in index order)."""
+    if reduction_tile(device) == 0:
+        yield
+        return
+    before, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn)
 
 
 class RowInvariant(torch.overrides.TorchFunctionMode):

@@ -73,6 +73,21 @@ def tiny_causal_lm(vocab_size: int = 320, seed: int = 0, size: str = "tiny", dty
     return model.to(dtype).eval()
 
 
+def two_tokenizers() -> tuple[Any, Any]:
+    """An expert and an amateur tokenizer that differ (the text path): the expert merges " th" and "12", which the
+    amateur reads as two tokens ("Ġ" "th", "1" "2"); the amateur merges " a" and "23", and has no chat template."""
+    return (byte_tokenizer(merges=[("Ġ", "t"), ("Ġt", "h"), ("1", "2")]),
+            byte_tokenizer(with_chat_template=False, merges=[("t", "h"), ("Ġ", "a"), ("2", "3")]))
+
+
+def steer(model: Any, ids: Sequence[int]) -> Any:
+    """``model`` with an output bias of -30 on every row but ``ids``: a random model that writes only those."""
+    head = model.get_output_embeddings()
+    bias = torch.full((head.weight.shape[0],), -30.0, dtype=head.weight.dtype, device=head.weight.device)
+    head.bias = torch.nn.Parameter(bias.index_fill_(0, torch.tensor(list(ids), device=bias.device), 0.0))
+    return model
+
+
 def gsm8k_style_rows() -> list[dict[str, str]]:
     """A few GSM8K-style problems with ``question`` and ``answer`` (CoT then ``#### n``)."""
     return [

@@ -20,7 +20,7 @@ import torch
 from .contrast import reduce_steps
 from .crosstok import VocabMap, align, amateur_logq, build_vocab_map, check_piecewise, identity_alignment
 from .decoder import hidden_states
-from .invariant import RowInvariant
+from .invariant import RowInvariant, rowwise
 
 logger = logging.getLogger(__name__)
 
@@ -111,20 +111,24 @@ def _logq(la: torch.Tensor, h_a: torch.Tensor, head_a: Any, steps: Sequence[tupl
     ``la`` ``[N, R_A]`` at their boundaries and ``steps`` = (packed row of the boundary, path ``u_1..u_m``).
 
     ``log P = sum_i log p_A(u_i | ...)``: ``u_1`` from ``la``, each later ``u_i`` from the amateur's state ``i - 1``
-    rows after the boundary (the same pass), all such rows through the output layer at once.
+    rows after the boundary (the same pass), all such rows through the output layer at once, added in path order.
+    Every row-wise step runs through :func:`.invariant.rowwise`, so a step's numbers never depend on its chunk.
     """
-    logp = torch.log_softmax(la.float(), dim=-1)
+    logp = rowwise(lambda r: torch.log_softmax(r.float(), dim=-1), la)
     n = len(steps)
     path_first = torch.tensor([p[0] if p else -1 for _, p in steps], device=la.device)
     path_logp = torch.zeros(n, device=la.device)
     has = path_first >= 0
     path_logp[has] = logp[torch.arange(n, device=la.device)[has], path_first[has]]
-    extra = [(j, row + k, u) for j, (row, p) in enumerate(steps) for k, u in enumerate(p) if k >= 1]
+    extra = [(j, row + k, u, k) for j, (row, p) in enumerate(steps) for k, u in enumerate(p) if k >= 1]
     if extra:
-        rows = torch.tensor([r for _, r, _ in extra], device=la.device)
-        toks = torch.tensor([[u] for _, _, u in extra], device=la.device)
+        rows = torch.tensor([r for _, r, _, _ in extra], device=la.device)
+        toks = torch.tensor([[u] for _, _, u, _ in extra], device=la.device)
         with RowInvariant():
-            lx = head_a(h_a[rows])
-        lp = torch.log_softmax(lx.float(), dim=-1).gather(1, toks)[:, 0]
-        path_logp.index_add_(0, torch.tensor([j for j, _, _ in extra], device=la.device), lp)
-    return amateur_logq(logp, first, width, targets, path_first, path_logp)
+            lp = rowwise(lambda h, t: torch.log_softmax(head_a(h).float(), dim=-1).gather(1, t)[:, 0],
+                         h_a[rows], toks)
+        for k in range(1, max(k for *_, k in extra) + 1):  # each path's k-th token: at most one per step
+            at = [x for x, e in enumerate(extra) if e[3] == k]
+            path_logp[torch.tensor([extra[x][0] for x in at], device=la.device)] += lp[at]
+    return rowwise(lambda lp_, t, pf, pl: amateur_logq(lp_, first, width, t, pf, pl),
+                   logp, targets, path_first, path_logp)
