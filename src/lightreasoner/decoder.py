@@ -257,8 +257,8 @@ def _decode_attention_fixed(q: torch.Tensor, keys: torch.Tensor, values: torch.T
             acc = term if acc is None else acc + term
         return acc[..., :d] / acc[..., d:]
 
-    parts = invariant.by_row_tiles(tile, qg, n, torch.arange(b, device=q.device))
-    return torch.cat([o[:m] for m, o in parts]).to(q.dtype).reshape(b, hq, d)[slots]
+    out = invariant.rowwise(tile, qg, n, torch.arange(b, device=q.device))
+    return out.to(q.dtype).reshape(b, hq, d)[slots]
 
 
 def _register() -> None:
