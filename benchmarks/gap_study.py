@@ -365,7 +365,8 @@ def plot(root: Path, rows: list[dict]) -> None:
         ax.errorbar(r["gap"], d, yerr=[[d - ci[0]], [ci[1] - d]], fmt="o" if r["gap_on"] == "test" else "s",
                     capsize=3, label=f"{short(r['expert'])} / {short(r['amateur'])} ({r['budget']})")
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("expertise gap (expert base - amateur accuracy, points; squares: on 100 train problems)")
+    ax.set_xlabel("expertise gap: expert base - amateur accuracy (points)\n"
+                  "circles: whole GSM8K test; squares: first 100 train problems")
     ax.set_ylabel("GSM8K change after tuning (points, 95% CI)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
