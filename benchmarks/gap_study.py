@@ -29,6 +29,11 @@ stopped. ``plan`` prints the commands and what is done; ``table`` writes gap_stu
 into --root from the finished folders; its hours are the meta.json ``seconds`` (wall clock summed over resumed
 pieces, on 2 cores).
 
+**Lost folders.** The folders of sessions 8-14 were lost when session 15 began on a new machine. ``--root``'s
+``recorded.json`` keeps their counts as RESULTS.md recorded them (right answers, the pairing's discordant counts,
+kept steps, hours); ``table`` recomputes those arms' figures from the counts with the same statistics and marks them
+‡. A folder that exists and is finished is always read instead.
+
     python benchmarks/gap_study.py plan
     python benchmarks/gap_study.py run [--only SUBSTRING]
     python benchmarks/gap_study.py table
@@ -267,6 +272,35 @@ def accuracy(folder: Path) -> float | None:
     return None if summary is None else float(summary["average"])
 
 
+RECORDED = "recorded.json"  # {"why", "wall_hours_sessions_8_14", "folders": {path under root: counts}}
+
+
+def recorded(root: Path, folder: Path) -> dict | None:
+    """A lost folder's counts as RESULTS.md recorded them (root/:data:`RECORDED`), or None. Only for a folder that is
+    not finished here: a folder made again is read live."""
+    if (folder / "meta.json").exists():
+        return None
+    return (read_json(root / RECORDED) or {}).get("folders", {}).get(folder.relative_to(root).as_posix())
+
+
+def accuracy_or_recorded(root: Path, folder: Path) -> float | None:
+    rec = recorded(root, folder)
+    return round(100 * rec["correct"] / rec["n"], 1) if rec else accuracy(folder)
+
+
+def recorded_arm(rec: dict) -> dict:
+    """A lost arm's figures from its recorded counts, computed as :func:`compare_runs` computes a live arm's."""
+    from lightreasoner.stats import paired_figures
+
+    n, ao, bo = rec["n"], rec["base_only"], rec["tuned_only"]
+    if rec["base_correct"] - ao + bo != rec["correct"]:
+        raise ValueError(f"{RECORDED}: {rec} does not add up (base_correct - base_only + tuned_only != correct)")
+    gsm8k = {"n": n, "acc_a": round(100 * rec["base_correct"] / n, 1), "acc_b": round(100 * rec["correct"] / n, 1),
+             "delta": round(100 * (bo - ao) / n, 1), "a_only": ao, "b_only": bo, **paired_figures(n, ao, bo)}
+    return {"base": gsm8k["acc_a"], "tuned": gsm8k["acc_b"], "kept_fraction": rec["kept"] / rec["steps"],
+            "hours": rec["hours"], "recorded_in_session": rec["session"], "paired": {"benchmarks": {"gsm8k": gsm8k}}}
+
+
 UNRECORDED = "unrecorded_seconds.json"  # {"seconds": S, "why": ...}: a killed piece's time its stage could not keep
 
 
@@ -293,29 +327,36 @@ def arm_row(root: Path, arm: Arm) -> dict:
             am_train = {int(k): v for k, v in choice["scanned"].items()}[choice["layer"]]
         am_test = accuracy(self_eval_folder(root, arm.expert))
     else:
-        am_test, am_train = accuracy(root / "eval" / short(amateur)), accuracy(root / "layers" / short(amateur))
+        am_test = accuracy_or_recorded(root, root / "eval" / short(amateur))
+        am_train = accuracy_or_recorded(root, root / "layers" / short(amateur))
     sample = read_json(d / "sample" / "meta.json")
     row = {"arm": arm.name, "expert": arm.expert, "amateur": amateur, "budget": arm.budget,
-           "base": accuracy(base), "base_train100": accuracy(root / "layers" / short(arm.expert)),
+           "base": accuracy_or_recorded(root, base),
+           "base_train100": accuracy_or_recorded(root, root / "layers" / short(arm.expert)),
            "amateur_accuracy": am_test, "amateur_train100": am_train,
            "kept_fraction": sample["counts"]["kept_fraction"] if sample else None, "tuned": accuracy(tuned),
            "hours": round(hours(d / "sample", d / "train", d / "eval"), 2) if sample else None}
+    lost = None if sample else recorded(root, d)
+    if lost:
+        row.update(recorded_arm(lost))  # its base too: the evaluation it was paired against
     if row["base"] is not None and am_test is not None:
         row["gap"], row["gap_on"] = round(row["base"] - am_test, 1), "test"
     elif row["base_train100"] is not None and am_train is not None:
         row["gap"], row["gap_on"] = round(row["base_train100"] - am_train, 1), "train100"
     else:
         row["gap"], row["gap_on"] = None, None
-    if (base / "meta.json").exists() and (tuned / "meta.json").exists():
+    if not lost and (base / "meta.json").exists() and (tuned / "meta.json").exists():
         row["paired"] = compare_runs(base, tuned)
     return row
 
 
 def total_hours(root: Path) -> float:
-    """Wall-clock hours of every finished job of the study (the shared evaluations, the layer scans, the arms)."""
+    """Wall-clock hours of every finished job of the study (the shared evaluations, the layer scans, the arms), plus
+    the recorded wall clock of the sessions whose folders were lost (:data:`RECORDED`)."""
     folders = [job.folder for job in jobs(root) if job.done()]
     scans = [f for f in (root / "layers").glob("*__scan/layer*") if f.is_dir()]
-    return round(hours(*folders, *scans), 2)
+    before = (read_json(root / RECORDED) or {}).get("wall_hours_sessions_8_14", 0.0)
+    return round(before + hours(*folders, *scans), 2)
 
 
 def table(root: Path) -> None:
@@ -330,7 +371,8 @@ def table(root: Path) -> None:
         p = (r.get("paired") or {}).get("benchmarks", {}).get("gsm8k", {})
         ci = p.get("delta_ci95")
         mark = " †" if r["gap_on"] == "train100" else ""
-        lines.append(f"| {short(r['expert'])} | {r['amateur']} | {r['budget']} | {fmt(r['base'])} | "
+        lost = " ‡" if r.get("recorded_in_session") else ""
+        lines.append(f"| {short(r['expert'])} | {r['amateur']}{lost} | {r['budget']} | {fmt(r['base'])} | "
                      f"{fmt(r['amateur_accuracy'])} | {fmt(r['gap'])}{mark} | {fmt(r['kept_fraction'], pct=True)} | "
                      f"{fmt(r['tuned'])} | {fmt(p.get('delta'))}"
                      + (f" ({ci[0]:+.1f}, {ci[1]:+.1f})" if ci else "")
@@ -338,8 +380,9 @@ def table(root: Path) -> None:
                      + ("-" if r["hours"] is None else f"{r['hours']:.2f}") + " |")
     lines += ["", "Accuracies and gaps in points on the whole GSM8K test (1,319); † gap on the first 100 GSM8K "
               "train problems (the amateur's whole-test accuracy is not measured yet). hours: the arm's sample + "
-              f"train + eval, wall clock on 2 cores. The whole study so far: {total:.1f} wall hours "
-              f"= {2 * total:.1f} CPU hours (2 cores)."]
+              f"train + eval, wall clock on 2 cores. ‡ figures recomputed from the counts RESULTS.md recorded "
+              f"when the arm was run (its folders were lost with the machine; {RECORDED}). The whole study so far: "
+              f"{total:.1f} wall hours = {2 * total:.1f} CPU hours (2 cores), lost and redone work included."]
     (root / "gap_study.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(root, rows)

@@ -126,3 +126,50 @@ def test_early_exit_evaluation_writes_its_result_last_and_is_not_redone(gs, tmp_
     before = (folder / "gsm8k.jsonl").stat().st_mtime_ns
     assert gs.view_eval(model_dirs[0], 1, folder, tmp_path / "data") == accuracy
     assert (folder / "gsm8k.jsonl").stat().st_mtime_ns == before  # done: nothing recomputed
+
+
+def test_lost_folders_are_read_from_their_recorded_counts(gs, tmp_path):
+    """An arm whose folders were lost: its figures are recomputed from recorded.json's counts, as compare_runs
+    computes a live arm's; a folder made again is read live instead; the study's hours add the recorded ones."""
+    from lightreasoner.stats import compare_runs, mcnemar_exact
+
+    root = tmp_path
+    n = 20
+    arm = "arms/coder-0.5b__smollm2-135m__embedded"
+    (root / gs.RECORDED).write_text(json.dumps({"wall_hours_sessions_8_14": 5.0, "folders": {
+        "eval/coder-0.5b": {"session": 9, "n": n, "correct": 10, "hours": 1.0},
+        "eval/smollm2-135m": {"session": 9, "n": n, "correct": 2, "hours": 0.5},
+        arm: {"session": 11, "steps": 100, "kept": 25, "n": n, "base_correct": 10, "correct": 12,
+              "base_only": 2, "tuned_only": 4, "hours": 1.5}}}))
+    gs.table(root)
+    out = json.loads((root / "gap_study.json").read_text())
+    smol = next(r for r in out["arms"] if r["arm"] == arm.split("/")[1])
+    assert (smol["base"], smol["tuned"], smol["amateur_accuracy"], smol["gap"]) == (50.0, 60.0, 10.0, 40.0)
+    assert smol["kept_fraction"] == 0.25 and smol["hours"] == 1.5 and smol["recorded_in_session"] == 11
+    paired = smol["paired"]["benchmarks"]["gsm8k"]
+    assert (paired["a_only"], paired["b_only"], paired["delta"]) == (2, 4, 10.0)
+    assert paired["p_value"] == mcnemar_exact(2, 4)
+    # the same figures as a live pairing of folders with these counts
+    base = [i < 10 for i in range(n)]
+    tuned = [i < 8 or i in (15, 16, 17, 18) for i in range(n)]
+    fake_eval(tmp_path / "live" / "a", base)
+    fake_eval(tmp_path / "live" / "b", tuned)
+    live = compare_runs(tmp_path / "live" / "a", tmp_path / "live" / "b")
+    for key in ("delta", "delta_ci95", "p_value", "min_detectable_80", "acc_a", "acc_b"):
+        assert paired[key] == json.loads(json.dumps(live["benchmarks"]["gsm8k"][key])), key  # as gap_study.json
+    md = (root / "gap_study.md").read_text()
+    assert "smollm2-135m-instruct ‡" in md and "‡ figures recomputed" in md
+    assert out["wall_hours"] == pytest.approx(5.0)  # the recorded hours; no live folder is finished
+    # a base evaluation made again is read live, not from the record
+    fake_eval(root / "eval" / "coder-0.5b", [i < 11 for i in range(n)], seconds=7200.0)  # 55.0
+    gs.table(root)
+    out = json.loads((root / "gap_study.json").read_text())
+    own = next(r for r in out["arms"] if r["arm"] == "coder-0.5b__gemma-3-270m__embedded")
+    assert own["base"] == 55.0
+    assert out["wall_hours"] == pytest.approx(7.0)
+    # a record that does not add up is refused, naming the file
+    (root / gs.RECORDED).write_text(json.dumps({"folders": {arm: {
+        "session": 11, "steps": 100, "kept": 25, "n": n, "base_correct": 10, "correct": 13,
+        "base_only": 2, "tuned_only": 4, "hours": 1.5}}}))
+    with pytest.raises(ValueError, match="recorded.json"):
+        gs.table(root)

@@ -123,7 +123,7 @@ def load_run(run: str | Path) -> dict[str, dict[str, bool]]:
     return out
 
 
-def _paired(n: int, a_only: int, b_only: int) -> dict[str, Any]:
+def paired_figures(n: int, a_only: int, b_only: int) -> dict[str, Any]:
     """The paired figures of ``n`` problems: p-value, interval of B - A, smallest change detectable."""
     return {"p_value": mcnemar_exact(a_only, b_only), "delta_ci95": paired_change_ci(a_only, b_only, n),
             "min_detectable_80": min_detectable_difference(n, (a_only + b_only) / n)}
@@ -153,7 +153,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
         bo = sum(b[name][i] and not a[name][i] for i in ids)
         n = len(ids)
         rows[name] = {"n": n, "acc_a": round(100 * ar / n, 1), "acc_b": round(100 * br / n, 1),
-                      "delta": round(100 * (br - ar) / n, 1), "a_only": ao, "b_only": bo, **_paired(n, ao, bo),
+                      "delta": round(100 * (br - ar) / n, 1), "a_only": ao, "b_only": bo, **paired_figures(n, ao, bo),
                       "unpaired_a": len(a[name]) - n, "unpaired_b": len(b[name]) - n}
         for k, v in (("n", n), ("a_right", ar), ("b_right", br), ("a_only", ao), ("b_only", bo)):
             pooled[k] += v
@@ -163,5 +163,5 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
     mean_b = statistics.fmean(r["acc_b"] for r in rows.values())
     return {"run_a": str(run_a), "run_b": str(run_b), "benchmarks": rows,
             "average": {"acc_a": round(mean_a, 1), "acc_b": round(mean_b, 1), "delta": round(mean_b - mean_a, 1)},
-            "all": {**pooled, **_paired(pooled["n"], pooled["a_only"], pooled["b_only"])},
+            "all": {**pooled, **paired_figures(pooled["n"], pooled["a_only"], pooled["b_only"])},
             "only_in_a": sorted(set(a) - set(b)), "only_in_b": sorted(set(b) - set(a))}
