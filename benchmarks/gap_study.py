@@ -290,13 +290,12 @@ def accuracy_or_recorded(root: Path, folder: Path) -> float | None:
 
 def recorded_arm(rec: dict) -> dict:
     """A lost arm's figures from its recorded counts, computed as :func:`compare_runs` computes a live arm's."""
-    from lightreasoner.stats import paired_figures
+    from lightreasoner.stats import paired_counts
 
-    n, ao, bo = rec["n"], rec["base_only"], rec["tuned_only"]
+    ao, bo = rec["base_only"], rec["tuned_only"]
     if rec["base_correct"] - ao + bo != rec["correct"]:
         raise ValueError(f"{RECORDED}: {rec} does not add up (base_correct - base_only + tuned_only != correct)")
-    gsm8k = {"n": n, "acc_a": round(100 * rec["base_correct"] / n, 1), "acc_b": round(100 * rec["correct"] / n, 1),
-             "delta": round(100 * (bo - ao) / n, 1), "a_only": ao, "b_only": bo, **paired_figures(n, ao, bo)}
+    gsm8k = paired_counts(rec["n"], rec["base_correct"], rec["correct"], ao, bo)
     return {"base": gsm8k["acc_a"], "tuned": gsm8k["acc_b"], "kept_fraction": rec["kept"] / rec["steps"],
             "hours": rec["hours"], "recorded_in_session": rec["session"], "paired": {"benchmarks": {"gsm8k": gsm8k}}}
 

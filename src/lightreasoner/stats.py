@@ -123,10 +123,18 @@ def load_run(run: str | Path) -> dict[str, dict[str, bool]]:
     return out
 
 
-def paired_figures(n: int, a_only: int, b_only: int) -> dict[str, Any]:
+def _paired(n: int, a_only: int, b_only: int) -> dict[str, Any]:
     """The paired figures of ``n`` problems: p-value, interval of B - A, smallest change detectable."""
     return {"p_value": mcnemar_exact(a_only, b_only), "delta_ci95": paired_change_ci(a_only, b_only, n),
             "min_detectable_80": min_detectable_difference(n, (a_only + b_only) / n)}
+
+
+def paired_counts(n: int, a_right: int, b_right: int, a_only: int, b_only: int) -> dict[str, Any]:
+    """One benchmark's pairing from its counts: accuracies of A and B, B - A, the discordant counts, and
+    :func:`_paired`'s figures (what :func:`compare_runs` gives per benchmark, without the unpaired counts)."""
+    return {"n": n, "acc_a": round(100 * a_right / n, 1), "acc_b": round(100 * b_right / n, 1),
+            "delta": round(100 * (b_right - a_right) / n, 1), "a_only": a_only, "b_only": b_only,
+            **_paired(n, a_only, b_only)}
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
@@ -152,8 +160,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
         ao = sum(a[name][i] and not b[name][i] for i in ids)
         bo = sum(b[name][i] and not a[name][i] for i in ids)
         n = len(ids)
-        rows[name] = {"n": n, "acc_a": round(100 * ar / n, 1), "acc_b": round(100 * br / n, 1),
-                      "delta": round(100 * (br - ar) / n, 1), "a_only": ao, "b_only": bo, **paired_figures(n, ao, bo),
+        rows[name] = {**paired_counts(n, ar, br, ao, bo),
                       "unpaired_a": len(a[name]) - n, "unpaired_b": len(b[name]) - n}
         for k, v in (("n", n), ("a_right", ar), ("b_right", br), ("a_only", ao), ("b_only", bo)):
             pooled[k] += v
@@ -163,5 +170,5 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
     mean_b = statistics.fmean(r["acc_b"] for r in rows.values())
     return {"run_a": str(run_a), "run_b": str(run_b), "benchmarks": rows,
             "average": {"acc_a": round(mean_a, 1), "acc_b": round(mean_b, 1), "delta": round(mean_b - mean_a, 1)},
-            "all": {**pooled, **paired_figures(pooled["n"], pooled["a_only"], pooled["b_only"])},
+            "all": {**pooled, **_paired(pooled["n"], pooled["a_only"], pooled["b_only"])},
             "only_in_a": sorted(set(a) - set(b)), "only_in_b": sorted(set(b) - set(a))}
