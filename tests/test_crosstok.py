@@ -381,3 +381,28 @@ def test_readers_of_the_kl_lists_skip_null_steps():
     assert summary["counts"]["steps"] == 2 and summary["counts"]["kept_fraction"] == 0.5
     assert summary["alignment"] == {"aligned": 1, "marginalised": 1, "approximated": 0, "skipped": 1,
                                     "mean_dropped_mass": 0.1}
+
+
+def _sentencepiece_tokenizer(prepend: bool):
+    """A Llama-2-style tokenizer: spaces as "▁"; ``prepend``: a "▁" before every encoded text; the decoder strips
+    one leading space (so a whole text round-trips either way)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3, "a": 4, "b": 5, "▁a": 6, "▁b": 7}
+    tk = Tokenizer(models.BPE(vocab, [("▁", "a"), ("▁", "b")], unk_token="<unk>"))
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁")] * prepend + [normalizers.Replace(" ", "▁")])
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.mark.parametrize("prepend, symptom", [(True, "each get a prefix space"),
+                                              (False, "lose their leading spaces")])
+def test_a_tokenizer_that_cannot_encode_piecewise_is_refused_by_name(pair, prepend, symptom):
+    tok = _sentencepiece_tokenizer(prepend)
+    assert tok.decode(tok.encode("a b", add_special_tokens=False)) == "a b"  # the old round-trip probe passes
+    X.check_piecewise(pair[1], "amateur")  # a byte-level tokenizer passes all three probes
+    with pytest.raises(X.InputError, match=f"amateur's tokenizer .*{symptom}"):
+        X.check_piecewise(tok, "amateur")
+    with pytest.raises(X.InputError, match="expert's tokenizer"):
+        text_path(tok, pair[1], expert_rows=ROWS, amateur_rows=ROWS, expert_eos=[2], amateur_eos=[pair[1].eos_token_id])

@@ -17,7 +17,8 @@ construction. The amateur's tokenization is its own *within* a group, cut at the
 groups (where the amateur would merge across one, it reads a non-canonical but text-equal sequence). A final
 expert EOS is not read as text. **One teacher-forced amateur pass** per trajectory reads this sequence (batched,
 as the id path): its next-token distribution at each boundary and along each group's tokens, never a pass per
-prefix.
+prefix. Encoding piece by piece needs a tokenizer that adds nothing to a piece: :func:`check_piecewise` refuses
+one that prepends a space to each piece (SentencePiece with a dummy prefix) or strips a lone token's space.
 
 **Step classes** (recorded per step, one letter of :data:`CODES`):
 
@@ -87,14 +88,27 @@ def token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
 
 
 def check_piecewise(tokenizer: Any, role: str) -> None:
-    """Raise :class:`InputError` when encoding a piece of text changes it (a SentencePiece tokenizer that adds a
-    prefix space, or one that adds special tokens): the text path encodes pieces of text one by one."""
-    probe = "a b"
-    got = tokenizer.decode(tokenizer.encode(probe, add_special_tokens=False), **_DECODE)
-    if got != probe:
-        raise InputError(f"the {role}'s tokenizer changes a piece of text when encoding it ({probe!r} comes back "
-                         f"as {got!r}; a prefix space or special tokens are added): the text path "
-                         f"(--amateur-tokens text) cannot use it; choose an amateur sharing the expert's tokenizer")
+    """Raise :class:`InputError` unless the tokenizer encodes pieces of text faithfully, as the text path needs: it
+    encodes a text piece by piece and reads each token's text decoded alone. Three probes, each a way a tokenizer
+    fails this: encoding adds special tokens or changes the text (``"a b"`` round trip); a SentencePiece
+    tokenizer that prepends a space to every piece (``encode("a") + encode("b")`` decodes as ``"a b"``, not
+    ``"ab"``; its decoder strips the space from a whole text, so the round trip alone passes); a decoder that
+    strips a lone token's leading space (the tokens of ``"a b"`` decoded one by one do not join to ``"a b"``)."""
+    def encode(text: str) -> list[int]:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+    probes = (("a b", tokenizer.decode(encode("a b"), **_DECODE), "a prefix space or special tokens are added"),
+              ("ab", tokenizer.decode(encode("a") + encode("b"), **_DECODE),
+               "pieces encoded one by one each get a prefix space"),
+              ("a b", "".join(token_texts(tokenizer, encode("a b"))),
+               "tokens decoded one by one lose their leading spaces"))
+    for want, got, why in probes:
+        if got != want:
+            raise InputError(f"the {role}'s tokenizer ({type(tokenizer).__name__}) cannot encode text piece by "
+                             f"piece: {want!r} comes back as {got!r} ({why}); the text path (--amateur-tokens "
+                             f"text) cannot use it: choose an amateur sharing the expert's tokenizer (the id "
+                             f"path), or one whose tokenizer adds no prefix space (byte-level BPE as in GPT-2, "
+                             f"Llama 3, Qwen and SmolLM; Gemma's SentencePiece)")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ child tables, so the view's layer list, config and output layer can differ witho
 - the output layer is a twin with no hooks: hooks that :class:`.decoder.CachedDecoder` registers on the view's
   output layer never fire for the expert's and vice versa, so an expert decoder and a view decoder can be alive
   together (sampling's lockstep mode);
-- modules that read no config (MLPs, norms, linears, embeddings) are the expert's own objects.
+- any other module that keeps the config (in Qwen2 and Llama also each MLP and the rotary embedding) is a twin
+  too, for the same reason; modules that read no config (norms, linears, embeddings) are the expert's own objects.
 
 The KV cache of a view has LAYER layers; it is the view decoder's own, so the expert's cache is never shared.
 """
