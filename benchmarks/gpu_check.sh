@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check in one command (see benchmarks/gpu_check.py): sampling, training and evaluation speed on random
-# weights of the Qwen2.5-1.5B / 0.5B shapes, one JSON of figures; under 8 minutes on one H100/H200.
+# weights of the Qwen2.5-1.5B / 0.5B shapes, one JSON of figures; under 10 minutes on one H100/H200.
 #   bash benchmarks/gpu_check.sh [--out gpu_check.json] [--parts sampling,training,evaluation]
 #   bash benchmarks/gpu_check.sh --smoke --out /tmp/smoke.json     # CPU, tiny shapes, well under a minute
 # Works with the package installed (pip install -e .) or not (src/ is put on PYTHONPATH).
