@@ -259,8 +259,8 @@ def test_long_texts_given_to_math_equal_are_bounded_too():
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, 0.0])
 def test_timeout_must_be_finite_and_positive(bad, tmp_path):
     problems = GradeConfig(benchmark="math", input=str(tmp_path / "a"), output=str(tmp_path / "b"),
-                                   timeout=bad).validate()
-    assert f"--timeout must be a finite number > 0, got {bad}" in problems
+                                   grade_timeout=bad).validate()
+    assert f"--grade-timeout must be a finite number > 0, got {bad}" in problems
     with pytest.raises(ValueError, match="finite number > 0"):
         grading.grade_many("math", [MATH_ROW], ["\\boxed{2}"], timeout=bad)
     with pytest.raises(ValueError, match="finite number > 0"):

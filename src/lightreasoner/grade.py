@@ -41,15 +41,15 @@ class GradeConfig:
     input: str = option(help="JSONL file of {\"example\": row, \"completion\": text} lines, or the Qwen2.5-Math "
                              "toolkit's per-sample output")
     output: str = option(help="JSONL file to write (replaced atomically)")
-    timeout: float = option(3.0, "seconds allowed for one symbolic comparison (the toolkit's 3; math-verify: "
-                                 "per answer)")
+    grade_timeout: float = option(3.0, "seconds allowed for one symbolic comparison (the toolkit's 3; "
+                                       "math-verify: per answer)")
     grader: str = option("qwen", "qwen: the Qwen2.5-Math toolkit's verdicts; math-verify: Hugging Face "
                                  "Math-Verify's, as lighteval and open-r1 report them", choices=GRADERS)
 
     def validate(self) -> list[str]:
         problems = []
-        if not (math.isfinite(self.timeout) and self.timeout > 0):
-            problems.append(f"--timeout must be a finite number > 0, got {self.timeout}")
+        if not (math.isfinite(self.grade_timeout) and self.grade_timeout > 0):
+            problems.append(f"--grade-timeout must be a finite number > 0, got {self.grade_timeout}")
         if Path(self.input).resolve() == Path(self.output).resolve():
             problems.append("--output must differ from --input")
         return problems
@@ -92,7 +92,7 @@ def read_grade_input(path: str, rules: str) -> tuple[str, list[dict]]:
 def _grade_ours(cfg: GradeConfig, rows: list[dict]) -> tuple[list[dict], int, int, int]:
     """(records, right, graded, not gradable) of our lines."""
     results = grade_many(cfg.benchmark, [r["example"] for r in rows], [r["completion"] for r in rows],
-                         timeout=cfg.timeout, progress=True, grader=cfg.grader)
+                         timeout=cfg.grade_timeout, progress=True, grader=cfg.grader)
     records = []
     for row, res in zip(rows, results):
         record = {**row, "pred": res.pred, "gold": res.gold, "correct": bool(res.correct)}
@@ -107,8 +107,8 @@ def _grade_toolkit(cfg: GradeConfig, rows: list[dict]) -> tuple[list[dict], int,
     the accuracy counts each line's first, as the toolkit's ``acc`` does."""
     golds = [stored_gold(r, cfg.input) for r in rows]
     flat = [(i, c) for i, r in enumerate(rows) for c in r["code"]]
-    results = grade_many(cfg.benchmark, [golds[i] for i, _ in flat], [c for _, c in flat], timeout=cfg.timeout,
-                         progress=True, grader=cfg.grader)
+    results = grade_many(cfg.benchmark, [golds[i] for i, _ in flat], [c for _, c in flat],
+                         timeout=cfg.grade_timeout, progress=True, grader=cfg.grader)
     per_row: list[list] = [[] for _ in rows]
     for (i, _), res in zip(flat, results):
         per_row[i].append(res)
