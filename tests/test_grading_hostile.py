@@ -271,7 +271,7 @@ def test_cli_refuses_a_nan_timeout_by_name(tmp_path, capsys):
     from lightreasoner.cli import main
 
     args = ["grade", "--benchmark", "math", "--input", str(tmp_path / "in.jsonl"), "--output",
-            str(tmp_path / "out.jsonl"), "--timeout", "nan"]
+            str(tmp_path / "out.jsonl"), "--grade-timeout", "nan"]
     assert main(args) == 2
     err = capsys.readouterr().err  # the option parser or GradeConfig.validate refuses it, naming the option
-    assert "--timeout must be a finite number" in err and "nan" in err
+    assert "--grade-timeout must be a finite number" in err and "nan" in err
