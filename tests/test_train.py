@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -171,8 +172,54 @@ def test_bad_inputs_give_clear_errors(tmp_path, tokenizer, records):
     with pytest.raises(InputError, match="not a sample record"):
         tj.load_training_examples(write_jsonl(tmp_path / "x.jsonl", [{"question": "q"}]), tokenizer)
     trajs, _ = tj.load_training_examples(write_jsonl(tmp_path / "ok.jsonl", records), tokenizer)
-    with pytest.raises(InputError, match="only 100 output rows"):
-        tj.check_label_range(trajs, 100)
+    rows = 1 + max(max(t.input_ids + [i for ids in t.label_ids for i in ids]) for t in trajs)
+    tj.check_token_range(trajs, rows)  # every id is a row: nothing to say
+    t = trajs[0]
+    far_input = dataclasses.replace(t, input_ids=t.input_ids[:-1] + [rows])
+    far_label = dataclasses.replace(t, label_ids=[[rows]] + t.label_ids[1:],
+                                    label_weights=[[1.0]] + t.label_weights[1:])
+    for bad, what in ((far_input, "input"), (far_label, "label")):
+        with pytest.raises(InputError, match=f"{what} token id {rows} but the model has only {rows} rows"):
+            tj.check_token_range([bad], rows)
+
+
+def test_label_weights_rounded_in_the_file_are_renormalised(tmp_path, tokenizer, records):
+    step = records[0]["steps"][0]
+    rounded = [round(w * 0.995, 6) for w in step["weights"]]  # sums to 0.995: within the 1% allowed
+    path = write_jsonl(tmp_path / "r.jsonl", [dict(records[0], steps=[dict(step, weights=rounded)])])
+    (t,), _ = tj.load_training_examples(path, tokenizer)
+    assert math.fsum(t.label_weights[0]) == pytest.approx(1.0, abs=1e-12)
+    assert t.label_weights[0] == pytest.approx([w / math.fsum(rounded) for w in rounded], rel=1e-12)
+    far = [w * 0.9 for w in step["weights"]]
+    with pytest.raises(InputError, match="label weights sum to 0.9000, not 1"):
+        far_file = write_jsonl(tmp_path / "f.jsonl", [dict(records[0], steps=[dict(step, weights=far)])])
+        tj.load_training_examples(far_file, tokenizer)
+
+
+def test_the_lr_schedule_is_transformers():
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    for warmup in (0, 3):
+        for constant in (False, True):
+            opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+            ref = (get_constant_schedule_with_warmup(opt, warmup) if constant
+                   else get_linear_schedule_with_warmup(opt, warmup, 10)).lr_lambdas[0]
+            ours = training.linear_schedule(10, warmup, constant)
+            assert [ours(i) for i in range(11)] == pytest.approx([ref(i) for i in range(11)], abs=1e-12)
+
+
+def test_an_fp16_overflow_skips_the_update_without_stopping():
+    """fp16's loss scaler skips a step whose gradients overflowed: the schedule stays put and it is no
+    divergence; without a scaler (or when it stepped) the schedule moves on."""
+    class Acc:
+        def __init__(self, scaler, skipped):
+            self.scaler, self.optimizer_step_was_skipped = scaler, skipped
+
+    for scaler, skipped, moves in ((object(), True, False), (object(), False, True), (None, True, True)):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, training.linear_schedule(10))
+        assert training.step_optimizer(Acc(scaler, skipped), opt, sched) == (scaler is not None and skipped)
+        assert sched.last_epoch == (1 if moves else 0)
 
 
 def test_samples_from_another_expert_are_refused(tmp_path, model_dirs, records, caplog):
@@ -356,6 +403,21 @@ def mean_loss(model, trajs, pad_id) -> float:
         b = packing.collate(trajs, [packing.Piece(i, 0, t.n_steps) for i, t in enumerate(trajs)], pad_id)
         s, n = packing.packed_loss(model, b)
     return float(s) / n
+
+
+def test_the_mask_path_is_taken_only_for_forwards_that_slice_with_transformers():
+    from transformers import Qwen2ForCausalLM
+
+    class SlicesItself(Qwen2ForCausalLM):  # as a few models and older remote code do: an int only
+        def forward(self, input_ids=None, logits_to_keep=0, **kw):
+            return super().forward(input_ids=input_ids, **kw).logits[:, slice(-logits_to_keep, None)]
+
+    class NoKeep(Qwen2ForCausalLM):
+        def forward(self, input_ids=None, **kw):
+            return super().forward(input_ids=input_ids, **kw)
+
+    assert packing._slices_by_mask(Qwen2ForCausalLM)
+    assert not packing._slices_by_mask(SlicesItself) and not packing._slices_by_mask(NoKeep)
 
 
 def test_training_lowers_the_loss_and_only_touches_lora(tmp_path, expert, tokenizer, samples_file):

@@ -200,12 +200,12 @@ def _base_lm(model: nn.Module) -> nn.Module:
 def kept_logits(model: nn.Module, input_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Logits ``[N, V]`` at the True positions of ``keep`` ``[B, L]`` (row-major), never forming ``[B, L, V]``.
 
-    Uses ``logits_to_keep=<bool mask>`` where the installed transformers supports it (so model-specific output
-    scaling stays), else the decoder's hidden states gathered at kept positions and the output layer. No attention
+    Uses ``logits_to_keep=<bool mask>`` where the installed transformers supports it and the model's forward
+    slices through it (so model-specific output scaling stays), else the decoder's hidden states gathered at kept positions and the output layer. No attention
     mask is passed: rows are right padded, so under the causal mask no real token sees a pad.
     """
     lm = _base_lm(model)
-    if _BOOL_KEEP and _takes_logits_to_keep(type(lm)) and _bool_logits_to_keep_supported():
+    if _BOOL_KEEP and _slices_by_mask(type(lm)) and _bool_logits_to_keep_supported():
         return lm(input_ids=input_ids, logits_to_keep=keep, use_cache=False).logits
     hidden = lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
     return lm.get_output_embeddings()(hidden[keep])
@@ -215,8 +215,15 @@ _BOOL_KEEP = True  # tests switch the fallback path on by setting this to False
 
 
 @functools.lru_cache(maxsize=None)
-def _takes_logits_to_keep(cls: type) -> bool:
-    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+def _slices_by_mask(cls: type) -> bool:
+    """Whether ``cls.forward`` takes ``logits_to_keep`` and slices with transformers' ``slice_logits_to_keep``
+    (which takes a mask); a few models and older remote code slice ``[-logits_to_keep:]`` themselves."""
+    if "logits_to_keep" not in inspect.signature(cls.forward).parameters:
+        return False
+    try:
+        return "slice_logits_to_keep" in inspect.getsource(cls.forward)
+    except (OSError, TypeError):  # no source to read: take the path that needs nothing of the forward
+        return False
 
 
 class KeptLogitsLM(nn.Module):

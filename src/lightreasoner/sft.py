@@ -33,7 +33,7 @@ from .api import expose
 from .config import Checked, flag, option, to_dict
 from .embedded import DEFAULT_EXPERT
 from .problems import Problem, load_problems
-from .trajectories import MAX_LENGTH, check_label_range, load_training_examples, manifest_path
+from .trajectories import MAX_LENGTH, check_token_range, load_training_examples, manifest_path
 from .training import TrainParams, make_accelerator, train
 from .prompts import DEFAULT_SYSTEM_PROMPT, build_prompt_ids
 from .utils import (DistInfo, InputError, JsonlAppender, dist_info, environment_info, read_complete_jsonl,
@@ -239,7 +239,7 @@ def train_adapter(cfg: SFTConfig, samples: Path, output: Path) -> dict:
     logger.info("%d trajectories, %d kept steps (%s format, %d records)", stats["trajectories"], stats["kept_steps"],
                 stats["format"], stats["records"])
     loaded = load_model(cfg.expert, dtype=cfg.dtype, device=str(acc.device), **model_options(cfg))
-    check_label_range(trajs, loaded.vocab_rows)
+    check_token_range(trajs, loaded.vocab_rows)
     record = {"samples": str(samples), "output": str(output), "expert": cfg.expert,
               "system_prompt": cfg.system_prompt, "max_length": MAX_LENGTH}
     return train(loaded.model, loaded.tokenizer, trajs, params, output, accelerator=acc, data_stats=stats,

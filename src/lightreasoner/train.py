@@ -4,9 +4,9 @@ The recipe lives in the library: the samples become trajectories (:mod:`.traject
 authors' per-step rows, manifest and label checks), updates are planned and packed (:mod:`.packing`: one forward
 per trajectory, logits only at kept steps, KL to the soft label), and the loop runs them (:mod:`.training`: LoRA
 or full, accelerate, exact resume, metrics). This module turns the command's flags into a
-:class:`training.TrainParams` (:func:`train_params`), checks the samples belong to the expert before the model
-loads, writes the model card (:mod:`.modelcard`; the loop names the adapter's base as PEFT and the hub resolve it),
-and marks the output folder done (``meta.json`` last, :class:`layout.StageRun`).
+:class:`training.TrainParams` (:func:`train_params`), checks the samples belong to the expert (before the model
+loads; for a hub expert, whose fingerprint needs its files, right after), writes the model card
+(:mod:`.modelcard`; the loop names the adapter's base as PEFT and the hub resolve it), and marks the output folder done (``meta.json`` last, :class:`layout.StageRun`).
 
 Distributed: ``accelerate launch [--config_file configs/accelerate/ddp.yaml] -m lightreasoner train ...``
 """
@@ -24,7 +24,7 @@ from . import embedded, layout, modelcard, models
 from .api import expose
 from .config import Checked, flag, option, to_dict
 from .prompts import DEFAULT_SYSTEM_PROMPT
-from .trajectories import MAX_LENGTH, check_label_range, check_manifest, load_training_examples
+from .trajectories import MAX_LENGTH, check_token_range, check_manifest, load_training_examples
 from .training import TrainParams, make_accelerator, train
 from .utils import writes_output
 
@@ -66,7 +66,8 @@ class TrainConfig(Checked):
     weight_decay: float = option(D.weight_decay, help="AdamW weight decay")
     lr_scheduler: str = option(D.lr_scheduler, help="learning-rate schedule after warm-up: linear decay to 0, or "
                                                     "constant", choices=("linear", "constant"))
-    warmup_steps: int = option(D.warmup_steps, help="linear warm-up updates before the schedule")
+    warmup_steps: int = option(D.warmup_steps, help="updates of linear warm-up from 0 before the schedule (as "
+                                                    "transformers')")
     max_grad_norm: float | None = option(D.max_grad_norm, help="clip the gradient norm to this (none: no clipping)")
     seed: int = option(D.seed, help="seed for LoRA init, data order and dropout", run_sets=True)
     full: bool = option(D.full, help="train every weight (float32 master weights, bf16 autocast where the hardware "
@@ -138,8 +139,8 @@ def main(cfg: TrainConfig) -> int:
     """``lightreasoner train``: check the samples belong to the expert, read them, load the expert, train.
 
     The cheap checks come first (manifest fingerprint, then the samples with the tokenizer), so a wrong or
-    malformed samples file fails before the model loads. One writer per output folder (:func:`utils.output_lock`,
-    held on every rank).
+    malformed samples file fails before the model loads (a hub expert's fingerprint is checked once it is
+    loaded). One writer per output folder (:func:`utils.output_lock`, held on every rank).
     """
     params = train_params(cfg)
     acc = make_accelerator(params)
@@ -170,7 +171,7 @@ def _train_stage(cfg: TrainConfig, params: TrainParams, acc: Any, src: models.Mo
                                trust_remote_code=cfg.trust_remote_code, revision=cfg.expert_revision)
     if src.kind == "hub":
         check_manifest(cfg.samples, loaded.fingerprint, cfg.force)
-    check_label_range(trajs, loaded.vocab_rows)
+    check_token_range(trajs, loaded.vocab_rows)
     if acc.is_main_process:
         stage.start()
     summary = train(loaded.model, loaded.tokenizer, trajs, params, cfg.output, accelerator=acc, data_stats=stats,

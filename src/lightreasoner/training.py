@@ -151,11 +151,12 @@ def make_accelerator(params: TrainParams) -> Any:
 
 
 def linear_schedule(total: int, warmup: int = 0, constant: bool = False):
-    """lr factor: linear warm-up over ``warmup`` updates, then linear decay to 0 at ``total`` (as transformers'),
-    or (``constant``) the peak rate throughout."""
+    """lr factor at update ``step`` (from 0), as transformers' ``get_linear_schedule_with_warmup`` (or
+    ``get_constant_schedule_with_warmup``): linear warm-up from 0 over ``warmup`` updates, then linear decay to 0 at
+    ``total`` or (``constant``) the peak rate throughout."""
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / (warmup + 1) if warmup else 1.0
+            return step / warmup
         return 1.0 if constant else max(0.0, (total - step) / max(1, total - warmup))
     return factor
 
@@ -265,15 +266,29 @@ def train_update(acc: Any, model: nn.Module, optimizer: Any, scheduler: Any, tra
     trainable = [p for p in model.parameters() if p.requires_grad]
     grad_norm = acc.clip_grad_norm_(trainable, params.max_grad_norm if params.max_grad_norm else float("inf"))
     lr = scheduler.get_last_lr()[0]
-    optimizer.step()
-    scheduler.step()
+    skipped = step_optimizer(acc, optimizer, scheduler)
     optimizer.zero_grad(set_to_none=True)
     totals = torch.stack([loss_sum.float(), torch.tensor(float(tokens), device=acc.device)])
     totals = acc.reduce(totals, reduction="sum") if world > 1 else totals
     norm = grad_norm if torch.is_tensor(grad_norm) else torch.tensor(math.nan if grad_norm is None else grad_norm)
     loss, n_tokens, norm_value = torch.cat([totals, norm.detach().float().reshape(1).to(totals.device)]).tolist()
-    check_finite(update.index + 1, loss / update.n_steps, None if grad_norm is None else norm_value, params)
+    check_finite(update.index + 1, loss / update.n_steps, None if grad_norm is None or skipped else norm_value,
+                 params)
     return {"loss": loss / update.n_steps, "tokens": int(n_tokens), "lr": lr, "grad_norm": norm_value}
+
+
+def step_optimizer(acc: Any, optimizer: Any, scheduler: Any) -> bool:
+    """The optimizer's step, then the schedule's, unless fp16's loss scaler skipped the step: its gradients
+    overflowed, so it lowers its scale and leaves the weights and the lr as they were (as transformers' Trainer
+    does); the update counts, and its inf gradient norm is the scaler's business, not a divergence. Returns
+    whether the step was skipped."""
+    optimizer.step()
+    skipped = acc.scaler is not None and acc.optimizer_step_was_skipped
+    if skipped:
+        logger.info("fp16 loss scaler: gradients overflowed; this update is skipped and the scale lowered")
+    else:
+        scheduler.step()
+    return skipped
 
 
 def check_finite(update: int, loss: float, grad_norm: float | None, params: TrainParams) -> None:

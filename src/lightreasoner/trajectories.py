@@ -16,7 +16,7 @@ counted). Files are read from JSONL, Parquet or the hub (:func:`read_rows`).
 
 Checks, each an :class:`InputError` naming the file and line: malformed rows and labels, a trajectory id seen
 twice, a file its manifest calls unfinished or counts differently (:func:`check_complete`), samples drawn from
-another expert (:func:`check_manifest`), label ids beyond the model's vocabulary (:func:`check_label_range`).
+another expert (:func:`check_manifest`), token ids beyond the model's vocabulary (:func:`check_token_range`).
 
 Python use::
 
@@ -168,9 +168,10 @@ def _label(step: Any, where: str) -> tuple[list[int], list[float]]:
         raise InputError(f"{where}: a kept step needs at least one label token")
     if min(ids) < 0:
         raise InputError(f"{where}: token ids must be >= 0")
-    if abs(sum(w) - 1.0) > 1e-2:
-        raise InputError(f"{where}: label weights sum to {sum(w):.4f}, not 1")
-    return ids, [float(x) for x in w]
+    total = math.fsum(w)
+    if abs(total - 1.0) > 1e-2:
+        raise InputError(f"{where}: label weights sum to {total:.4f}, not 1")
+    return ids, [float(x) / total for x in w]  # rounding in the file (within 1%) must not scale the step's loss
 
 
 @dataclass
@@ -318,13 +319,13 @@ def load_training_examples(source: str | Path, tokenizer: Any, *, max_length: in
     return trajs, stats
 
 
-def check_label_range(trajectories: Sequence[Trajectory], vocab_rows: int) -> None:
-    """Every label id must be an output row of the model."""
+def check_token_range(trajectories: Sequence[Trajectory], vocab_rows: int) -> None:
+    """Every input and label id must be a row of the model (``vocab_rows``: its output rows)."""
     for t in trajectories:
-        top = max(max(ids) for ids in t.label_ids)
-        if top >= vocab_rows:
-            raise InputError(f"trajectory {t.id}: label token id {top} but the model has only {vocab_rows} output "
-                             f"rows; were these samples made with another model family?")
+        for what, top in (("input", max(t.input_ids)), ("label", max(max(ids) for ids in t.label_ids))):
+            if top >= vocab_rows:
+                raise InputError(f"trajectory {t.id}: {what} token id {top} but the model has only {vocab_rows} "
+                                 f"rows; were these samples made with another model family?")
 
 
 def data_fingerprint(trajs: Sequence[Trajectory]) -> str:
