@@ -373,12 +373,14 @@ def table(root: Path) -> None:
         lost = " ‡" if r.get("recorded_in_session") else ""
         lines.append(f"| {short(r['expert'])} | {r['amateur']}{lost} | {r['budget']} | {fmt(r['base'])} | "
                      f"{fmt(r['amateur_accuracy'])} | {fmt(r['gap'])}{mark} | {fmt(r['kept_fraction'], pct=True)} | "
-                     f"{fmt(r['tuned'])} | {fmt(p.get('delta'))}"
+                     f"{fmt(r['tuned'])} | {'-' if p.get('delta') is None else format(p['delta'], '+.1f')}"
                      + (f" ({ci[0]:+.1f}, {ci[1]:+.1f})" if ci else "")
                      + f" | {fmt(p.get('p_value'))} | {fmt(p.get('min_detectable_80'))} | "
                      + ("-" if r["hours"] is None else f"{r['hours']:.2f}") + " |")
     lines += ["", "Accuracies and gaps in points on the whole GSM8K test (1,319); † gap on the first 100 GSM8K "
-              "train problems (the amateur's whole-test accuracy is not measured yet). hours: the arm's sample + "
+              "train problems (the amateur's whole-test accuracy is not measured yet). change: tuned - base, with "
+              "the paired Wald 95% interval; p: exact two-sided McNemar test; detectable: the smallest change this "
+              "comparison detects with about 80% power at the 5% level (Connor 1987). hours: the arm's sample + "
               f"train + eval, wall clock on 2 cores. ‡ figures recomputed from the counts RESULTS.md recorded "
               f"when the arm was run (its folders were lost with the machine; {RECORDED}). The whole study so far: "
               f"{total:.1f} wall hours = {2 * total:.1f} CPU hours (2 cores), lost and redone work included."]

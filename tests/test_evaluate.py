@@ -85,7 +85,11 @@ def test_compare_runs_on_fabricated_folders(tmp_path, capsys):
     assert cmp["all"]["a_only"] == 8 and cmp["all"]["b_only"] == 5
     assert cmp["all"]["p_value"] == ST.mcnemar_exact(8, 5)
     assert cmp["only_in_a"] == ["math"] and cmp["only_in_b"] == []
-    assert cmp["average"]["acc_a"] == round(statistics.fmean([g["acc_a"], s["acc_a"]]), 1)
+    assert cmp["average"]["acc_a"] == round(statistics.fmean([100 * 20 / 30, 100 * 2 / 4]), 1)  # unrounded
+    assert cmp["average"]["delta"] == round(statistics.fmean([100 * -5 / 30, 100 * 2 / 4]), 1)
+    al = cmp["all"]  # the pooled problems' own accuracies and change, as its interval and p-value
+    assert (al["n"], al["a_right"], al["b_right"]) == (34, 22, 19) and al["delta"] == round(-300 / 34, 1)
+    assert al["delta_ci95"] == ST.paired_change_ci(8, 5, 34)
 
     out = tmp_path / "cmp"
     assert cli.main(["eval", "--compare", f"{a},{b}", "--output", str(out)]) == 0

@@ -99,7 +99,7 @@ def test_table_pairs_each_arm_against_its_base(gs, tmp_path):
     assert out["wall_hours"] == pytest.approx((3600 + 1800 + 3600 + 360 + 720 + 3600) / 3600, abs=0.01)
     md = (root / "gap_study.md").read_text()
     smol_line = next(line for line in md.splitlines() if "smollm2" in line and "coder-0.5b |" in line)
-    assert "| 40.0 |" in smol_line and "| 10.0 (" in smol_line and "| 1.30 |" in smol_line
+    assert "| 40.0 |" in smol_line and "| +10.0 (" in smol_line and "| 1.30 |" in smol_line
     assert "22.0 †" in md
     own_line = next(line for line in md.splitlines() if "self:16" in line)
     assert own_line.endswith("| - |")

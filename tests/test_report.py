@@ -202,8 +202,10 @@ def test_full_report_efficiency_accuracy_and_tests(full_run):
     assert lo < float(gsm[4]) < hi  # the interval is around the +50.0 change
     mth = table_row(paired, "math")
     assert mth[6:9] == ["0", "2", f"{mcnemar_by_hand(0, 2):.3g}"]
-    allrow = table_row(paired, "**all**")
-    assert allrow[6:9] == ["1", "8", f"{mcnemar_by_hand(1, 8):.3g}"]
+    pooled = table_row(paired, "**pooled**")
+    assert pooled[6:9] == ["1", "8", f"{mcnemar_by_hand(1, 8):.3g}"]
+    assert float(pooled[4]) == round(100 * 7 / int(pooled[1]), 1)  # its own change: 8 - 1 of the pooled problems
+    assert table_row(paired, "**average**")[5:] == ["", "", "", ""]  # the mean of benchmarks: no test of its own
     assert "### Paired test: SFT vs base expert" in md
     head_to_head = section(md, "### Paired test: LightReasoner vs SFT")  # the paper's comparison
     assert "only SFT right" in head_to_head and "only LightReasoner right" in head_to_head
@@ -269,7 +271,7 @@ def test_figures_are_pngs_and_html_embeds_them(full_run):
     assert len(embedded) == len(names)
     assert {base64.b64decode(e) for e in embedded} == {p.read_bytes() for p in figs.values()}
     assert "<table>" in page and 'src="figures/' not in page  # self-contained: no file references
-    assert "<b>all</b>" in page  # markdown bold rendered in the HTML tables
+    assert "<b>pooled</b>" in page  # markdown bold rendered in the HTML tables
 
 
 def test_samples_only_folder_still_gets_a_report(tmp_path):

@@ -17,6 +17,9 @@ def test_paired_change_interval():
     assert (hi4 - lo4) == pytest.approx((hi - lo) / 2, abs=0.2) and lo4 > 0
     assert ST.paired_change_ci(0, 0, 50) == (0.0, 0.0)
     assert ST.paired_change_ci(0, 10, 10) == (100.0, 100.0)  # every problem fixed: no spread
+    for a_only, b_only, n in ((0, 1, 2), (0, 2, 3), (1, 0, 2), (2, 1, 3)):  # a handful of pairs: never past 100
+        lo, hi = ST.paired_change_ci(a_only, b_only, n)
+        assert -100.0 <= lo <= hi <= 100.0
     with pytest.raises(ValueError, match="n = 0"):
         ST.paired_change_ci(0, 0, 0)
 
@@ -56,6 +59,9 @@ def test_smallest_detectable_difference_solves_the_power_equation():
     # more disagreement, larger detectable change; none without disagreement or with too few problems
     assert ST.min_detectable_difference(150, 0.4) > d
     assert ST.min_detectable_difference(150, 0.0) is None and ST.min_detectable_difference(3, 0.5) is None
+    # five discordant pairs can never give p < 0.05 (all one way: 2/32), so nothing is detectable; six can
+    assert ST.mcnemar_exact(0, 5) > 0.05 and ST.mcnemar_exact(0, 6) < 0.05
+    assert ST.min_detectable_difference(5, 1.0) is None and ST.min_detectable_difference(6, 1.0) is not None
     with pytest.raises(ValueError):
         ST.min_detectable_difference(0, 0.1)
     with pytest.raises(ValueError):

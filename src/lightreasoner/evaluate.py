@@ -388,14 +388,15 @@ def compare_markdown(cmp: Mapping[str, Any]) -> str:
         lines.append(f"| {name} | {r['n']} | {r['acc_a']:.1f} | {r['acc_b']:.1f} | {r['delta']:+.1f} | "
                      f"{lo:+.1f} .. {hi:+.1f} | {mdd(r)} | {r['a_only']} | {r['b_only']} | {r['p_value']:.3g} |")
     av, al = cmp["average"], cmp["all"]
-    lo, hi = al["delta_ci95"]
-    lines.append(f"| **average** | {al['n']} | {av['acc_a']:.1f} | {av['acc_b']:.1f} | {av['delta']:+.1f} | "
-                 f"{lo:+.1f} .. {hi:+.1f} (pooled) | {mdd(al)} (pooled) | {al['a_only']} | {al['b_only']} | "
-                 f"{al['p_value']:.3g} |")
+    if len(cmp["benchmarks"]) > 1:
+        lo, hi = al["delta_ci95"]
+        lines.append(f"| **average** | | {av['acc_a']:.1f} | {av['acc_b']:.1f} | {av['delta']:+.1f} | | | | | |")
+        lines.append(f"| **pooled** | {al['n']} | {al['acc_a']:.1f} | {al['acc_b']:.1f} | {al['delta']:+.1f} | "
+                     f"{lo:+.1f} .. {hi:+.1f} | {mdd(al)} | {al['a_only']} | {al['b_only']} | {al['p_value']:.3g} |")
     lines += ["", "p: exact two-sided McNemar test on the problems one run got right and the other wrong; 95% CI: "
-                  "paired Wald interval of B - A in points (the average row pools all problems); detectable: the "
-                  "smallest change (points) this many problems, disagreeing this often, detect with 80% power at "
-                  "the 5% level (- : none)."]
+                  "paired Wald interval of B - A in points; detectable: the smallest change (points) this many "
+                  "problems, disagreeing this often, detect with about 80% power at the 5% level (- : none). "
+                  "average: the mean over benchmarks (no test of its own); pooled: every paired problem as one set."]
     for key, who in (("only_in_a", "A"), ("only_in_b", "B")):
         if cmp[key]:
             lines.append(f"Only in {who}: {', '.join(cmp[key])}.")
