@@ -188,3 +188,26 @@ def test_a_changed_grader_is_a_changed_setting(tmp_path, model_dirs, data_dir, g
     # and back: the toolkit's verdicts again, still without generating
     assert E.main(eval_config(out, model_dirs[0], data_dir, rerun=True)) == 0
     assert generated == [3] and [r["correct"] for r in read_jsonl(out / "gsm8k.jsonl")] == [True, True, False]
+
+
+def test_a_changed_grading_timeout_grades_again_without_generating(tmp_path, model_dirs, data_dir, generated):
+    out = tmp_path / "run"
+    assert E.main(eval_config(out, model_dirs[0], data_dir)) == 0
+    assert [r["grade_timeout"] for r in read_jsonl(out / "gsm8k.jsonl")] == [grading.DEFAULT_TIMEOUT] * 3
+    assert E.main(eval_config(out, model_dirs[0], data_dir, grade_timeout=7.5, rerun=True)) == 0
+    assert generated == [3]  # the completions are kept; their verdicts are the new timeout's
+    assert [r["grade_timeout"] for r in read_jsonl(out / "gsm8k.jsonl")] == [7.5] * 3
+
+
+def test_changed_benchmark_data_is_never_graded_with_old_completions(tmp_path, model_dirs, data_dir, generated):
+    out = tmp_path / "run"
+    assert E.main(eval_config(out, model_dirs[0], data_dir)) == 0
+    assert [r["correct"] for r in read_jsonl(out / "gsm8k.jsonl")] == [True, True, False]
+    mended = dict(gsm8k("7"), answer="Work.\n#### 8")  # a gold mended in place
+    write_jsonl(data_dir / "gsm8k" / "test.jsonl", [mended, gsm8k("50"), gsm8k("9")])
+    with pytest.raises(InputError, match="--rerun"):
+        E.main(eval_config(out, model_dirs[0], data_dir))
+    assert E.main(eval_config(out, model_dirs[0], data_dir, rerun=True)) == 0
+    assert generated == [3, 3]  # generated again for the new data, not re-used
+    records = read_jsonl(out / "gsm8k.jsonl")
+    assert [r["correct"] for r in records] == [False, True, False] and records[0]["gold"] == "8"

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from lightreasoner import layout
-from lightreasoner.utils import read_json
+from lightreasoner.utils import InputError, read_json
 
 IDENT = layout.identity("demo", {"n": 1}, {})
 
@@ -76,3 +76,55 @@ def test_only_the_writer_records_the_folders_time(tmp_path, fast_beat):
             time.sleep(0.2)
             raise RuntimeError("cut")
     assert read_json(tmp_path / layout.STARTED).get("seconds", 0.0) < 0.2
+
+
+def test_a_rerun_clears_the_old_outputs_only_once_the_stage_starts_writing(tmp_path):
+    """--rerun over other settings' folder: inputs that fail their checks (before start) lose nothing."""
+    finish(tmp_path)
+    (tmp_path / "adapter.bin").write_text("the old run's work")
+    other = layout.identity("demo", {"n": 2}, {})
+    with pytest.raises(InputError, match="bad row"):
+        with layout.StageRun(tmp_path, other, rerun=True) as stage:
+            assert stage.state.status == "changed" and not stage.done
+            raise InputError("data.jsonl:3: bad row")  # an input check, before start()
+    assert (tmp_path / "adapter.bin").exists() and read_json(tmp_path / layout.META)["fingerprint"] \
+        == layout.fingerprint(IDENT)  # the old stage intact, its time untouched
+    with layout.StageRun(tmp_path, other, rerun=True, keep=("*.keep",)) as stage:
+        (tmp_path / "records.keep").write_text("checked by the stage itself")
+        stage.start()
+        assert sorted(p.name for p in tmp_path.iterdir()) == [layout.STARTED, "records.keep"]
+        stage.finish(config={}, counts={})
+    assert layout.stage_state(tmp_path, other).status == "done"
+
+
+def test_sample_with_bad_data_and_rerun_keeps_the_old_folder(tmp_path):
+    from lightreasoner.sample import SampleConfig, main
+
+    out = tmp_path / "sample"
+    out.mkdir()
+    (out / "meta.json").write_text('{"fingerprint": "sha256:other", "identity": {"stage": "sample"}}')
+    (out / "samples.jsonl").write_text('{"id": "kept"}\n')
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1 + 1?"}\n{"no question here": 1}\n')
+    with pytest.raises(InputError, match="bad.jsonl"):
+        main(SampleConfig(expert="e", amateur="a", data=str(bad), output=str(out / "samples.jsonl"), rerun=True))
+    assert (out / "samples.jsonl").read_text() == '{"id": "kept"}\n' and (out / "meta.json").exists()
+
+
+def test_a_home_relative_path_is_fingerprinted_as_the_file_it_names(tmp_path, monkeypatch):
+    """``~/...`` (from YAML, ``--flag=~/...`` or the Python API, where no shell expands it) names a file: its
+    fingerprint is that file's, and follows its content."""
+    from lightreasoner.evaluate import file_fingerprint
+    from lightreasoner.train import samples_input
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "s.jsonl").write_text('{"id": 1}\n')
+    assert samples_input("~/s.jsonl") == layout.file_hash(tmp_path / "s.jsonl")
+    adapter = tmp_path / "ad"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    before = file_fingerprint("~/ad")
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    assert file_fingerprint("~/ad") == file_fingerprint(adapter) != before  # the weights are counted
+    finish(adapter)
+    assert layout.output_fingerprint("~/ad") == layout.read_meta(adapter)["fingerprint"]

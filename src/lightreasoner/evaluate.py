@@ -47,7 +47,7 @@ from . import layout, shards
 from .benchmarks import ALL_BENCHMARKS, FEW_SHOT, PAPER_BENCHMARKS, SHOT_BENCHMARKS, data_inputs, load_benchmark
 from .config import Checked, ConfigError, flag, option, save_config, to_dict
 from .evaluation import EvalParams, collect, evaluate_model, extra_path, overall_summary, plan, summary_markdown
-from .grading import GRADERS, grading_versions
+from .grading import DEFAULT_TIMEOUT, GRADERS, grading_versions
 from .models import DTYPES
 from .prompts import PROMPT_TYPES, STOP_STRINGS, eos_ids
 from .stats import compare_runs
@@ -99,7 +99,7 @@ class EvalConfig(Checked):
                         choices=DTYPES, run_sets=True)
     device: str | None = option(None, "cuda, cpu or mps; none: the best available", run_sets=True, result=False)
     seed: int = option(0, "random seed (decoding is greedy; kept for the record)", run_sets=True)
-    grade_timeout: float = option(3.0, "seconds per equality check before it counts as wrong (toolkit: 3; "
+    grade_timeout: float = option(DEFAULT_TIMEOUT, "seconds per equality check before it counts as wrong (toolkit: 3; "
                                         "math-verify: per answer)")
     grader: str = option("qwen", "qwen: the Qwen2.5-Math toolkit's verdicts; math-verify: Hugging Face "
                                  "Math-Verify's, as lighteval and open-r1 report them", choices=GRADERS)
@@ -147,7 +147,7 @@ def file_fingerprint(folder: str | Path, patterns: Sequence[str] = ("adapter_con
                                                                      "*.bin")) -> str:
     """SHA-256 over the named files of a (small) folder, e.g. a LoRA adapter."""
     h = hashlib.sha256()
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     for pat in patterns:
         for f in sorted(folder.glob(pat)):
             h.update(f.name.encode())
@@ -212,12 +212,16 @@ def _check_adapter_base(cfg: EvalConfig, model_fingerprint: str) -> None:
 
 def _check_output(out: Path, identity: Mapping[str, Any], overwrite: bool, rerun: bool = False) -> None:
     """Keep the records in ``out`` only if they were made the way this evaluation makes them (same model,
-    adapter, prompt, decoding): they are then reused, not generated again. Otherwise they are discarded when
+    adapter, prompt, decoding, each benchmark's data): they are then reused, not generated again (and graded
+    again when the grader or its timeout changed, :func:`evaluation.evaluate_model`). Otherwise they are discarded when
     ``overwrite`` or ``rerun`` says so, else refused."""
     cfg_file = out / "config.json"
     old = read_json(cfg_file).get("identity", {}) if cfg_file.exists() else None
     diffs = [f"{k}: {old.get(k)!r} there, {identity.get(k)!r} now" for k in _IDENTITY_KEYS
              if old is not None and old.get(k) != identity.get(k)]
+    if old is not None:  # a benchmark's data, for those evaluated then and now (records older than this: unknown)
+        was, now = old.get("data") or {}, identity.get("data") or {}
+        diffs += [f"{b} data: {was[b]} there, {now[b]} now" for b in sorted(set(was) & set(now)) if was[b] != now[b]]
     if old is None and any(out.glob("*.jsonl")):
         diffs = ["JSONL files without the config.json that says how they were made"]
     if overwrite or (rerun and diffs):
@@ -297,7 +301,8 @@ def _evaluate(cfg: EvalConfig, info: DistInfo, stage: layout.StageRun | None) ->
     record_identity = {"model": str(spec_path.resolve()) if spec_path.exists() else cfg.model,
                 "model_fingerprint": loaded.fingerprint, "adapter_fingerprint": adapter_fp, "prompt": cfg.prompt,
                 "shots": cfg.shots, "max_new_tokens": cfg.max_new_tokens,
-                "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+                "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                "data": data_inputs(cfg.benchmarks, cfg.data_dir)}
     if stage is None:
         _wait_for_records_claim(out, record_identity)
         for b, examples in data.items():

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 from . import shards
 from .benchmarks import build_prompt, example_id
 from .generation import iter_generate
-from .grading import grade_many
+from .grading import DEFAULT_TIMEOUT, grade_many
 from .prompts import encode_prompts
 from .stats import accuracy_ci
 from .utils import JsonlAppender
@@ -42,7 +42,7 @@ class EvalParams:
     max_new_tokens: int = 2048
     batch_size: int = 32
     max_batch_tokens: int | None = 65536
-    grade_timeout: float = 3.0
+    grade_timeout: float = DEFAULT_TIMEOUT
     grader: str = "qwen"  # qwen | math-verify (see lightreasoner.grading)
 
     @classmethod
@@ -181,7 +181,7 @@ def _generate(model: Any, tokenizer: Any, benchmark: str, todo: Sequence[tuple[s
             batch = [todo[i] for i in idx]
             grades = grade_many(benchmark, [copy.deepcopy(dict(ex)) for _, ex, _ in batch],
                                 [o.text for o in outs], timeout=cfg.grade_timeout, progress=False, grader=cfg.grader)
-            recs = [{"id": eid, "prompt": prompt, "completion": o.text, **_verdict(g, cfg.grader),
+            recs = [{"id": eid, "prompt": prompt, "completion": o.text, **_verdict(g, cfg),
                      "new_tokens": o.new_tokens, "finish_reason": o.finish_reason, "seconds": round(o.seconds, 4)}
                     for (eid, _, prompt), o, g in zip(batch, outs, grades)]
             if appender is not None:
@@ -197,25 +197,29 @@ def _generate(model: Any, tokenizer: Any, benchmark: str, todo: Sequence[tuple[s
     return new
 
 
-def _verdict(g: Any, grader: str) -> dict[str, Any]:
-    """A record's verdict fields from a :class:`.grading.GradeResult`."""
+def _verdict(g: Any, cfg: EvalParams) -> dict[str, Any]:
+    """A record's verdict fields from a :class:`.grading.GradeResult`, with the grading that gave it."""
     return {"pred": g.pred, "gold": g.gold, "correct": bool(g.correct),
-            "error": None if g.error is None else str(g.error), "grader": grader}
+            "error": None if g.error is None else str(g.error), "grader": cfg.grader,
+            "grade_timeout": cfg.grade_timeout}
+
 
 
 def _regrade(benchmark: str, kept: Sequence[tuple[str, Mapping[str, Any]]], done: dict[str, dict],
              cfg: EvalParams, out: Path | None) -> None:
-    """Grade again, with ``cfg.grader``, the records of ``kept`` (``(id, example)`` of this share already done)
-    that another grader judged; the new records replace them in ``done`` and are appended to ``out`` (a later
-    line of an id replaces an earlier one when the file is read back)."""
-    stale = [(eid, ex) for eid, ex in kept if done[eid].get("grader", "qwen") != cfg.grader]
+    """Grade again, with ``cfg.grader`` and ``cfg.grade_timeout``, the records of ``kept`` (``(id, example)`` of
+    this share already done) that another grader or timeout judged; the new records replace them in ``done`` and
+    are appended to ``out`` (a later line of an id replaces an earlier one when the file is read back)."""
+    stale = [(eid, ex) for eid, ex in kept if (done[eid].get("grader", "qwen"), done[eid].get(
+        "grade_timeout", DEFAULT_TIMEOUT)) != (cfg.grader, cfg.grade_timeout)]  # older records: the default
     if not stale:
         return
-    logger.info("%s: grading %d finished records again with the %s grader", benchmark, len(stale), cfg.grader)
+    logger.info("%s: grading %d finished records again (%s grader, %gs per check)", benchmark, len(stale),
+                cfg.grader, cfg.grade_timeout)
     grades = grade_many(benchmark, [copy.deepcopy(dict(ex)) for _, ex in stale],
                         [done[eid]["completion"] for eid, _ in stale], timeout=cfg.grade_timeout, progress=False,
                         grader=cfg.grader)
-    recs = [{**done[eid], **_verdict(g, cfg.grader)} for (eid, _), g in zip(stale, grades)]
+    recs = [{**done[eid], **_verdict(g, cfg)} for (eid, _), g in zip(stale, grades)]
     if out is not None:
         with JsonlAppender(out) as appender:
             appender.write_many(recs)

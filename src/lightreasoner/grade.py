@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .benchmarks import ALL_BENCHMARKS
 from .config import option
-from .grading import GRADERS, grade_many
+from .grading import DEFAULT_TIMEOUT, GRADERS, grade_many
 from .grading.extract import _rules_for, check_gold_field
 from .toolkit_format import agreement, is_toolkit_sample, regraded, stored_gold
 from .utils import InputError, iter_jsonl, write_jsonl, writes_output
@@ -41,7 +41,7 @@ class GradeConfig:
     input: str = option(help="JSONL file of {\"example\": row, \"completion\": text} lines, or the Qwen2.5-Math "
                              "toolkit's per-sample output")
     output: str = option(help="JSONL file to write (replaced atomically)")
-    grade_timeout: float = option(3.0, "seconds allowed for one symbolic comparison (the toolkit's 3; "
+    grade_timeout: float = option(DEFAULT_TIMEOUT, "seconds allowed for one symbolic comparison (the toolkit's 3; "
                                        "math-verify: per answer)")
     grader: str = option("qwen", "qwen: the Qwen2.5-Math toolkit's verdicts; math-verify: Hugging Face "
                                  "Math-Verify's, as lighteval and open-r1 report them", choices=GRADERS)

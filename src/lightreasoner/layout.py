@@ -7,8 +7,8 @@ over resumed runs. While a stage works, ``.started.json`` holds the identity it 
 
 "Done" means exactly: ``meta.json`` exists and its fingerprint equals what the current config asks for
 (:func:`stage_state`). A folder holding a stage made under other settings (finished or not) is never reused
-silently: :func:`claim` stops with every changed setting (old -> new) unless the caller passes ``rerun``, which
-clears the folder first.
+silently: :func:`claim` stops with every changed setting (old -> new) unless the caller passes ``rerun``; then
+:meth:`StageRun.start` clears the folder, once the stage's inputs have passed their checks.
 
 The run folder (:class:`RunLayout`) is defined here once; ``run`` and ``report`` both use it.
 """
@@ -81,7 +81,7 @@ def file_hash(path: str | Path) -> str:
 def output_fingerprint(path: str | Path) -> str | None:
     """The fingerprint of the finished stage output at ``path``: of the outermost stage folder holding it (``path``
     itself or its parent, e.g. ``sft/`` for ``sft/adapter/``), else ``None``."""
-    path = Path(path)
+    path = Path(path).expanduser()
     found = None
     for folder in (path, path.parent):
         meta = folder / META
@@ -144,9 +144,9 @@ def claim(folder: str | Path, ident: Mapping[str, Any], *, rerun: bool = False, 
     """Check ``folder`` against the stage of identity ``ident`` (before any work) and return its state.
 
     ``done``: nothing to do (the caller returns). ``changed``: an :class:`InputError` naming each changed setting
-    (and ``shown``, the output as the user gave it), unless ``rerun``, which clears the folder (except the files
-    matching ``keep``, which the stage checks itself) so the stage starts over. Call :func:`start` when the first
-    output is about to be written.
+    (and ``shown``, the output as the user gave it), unless ``rerun``: then the stage starts over, and
+    :meth:`StageRun.start` clears the folder (except the files matching ``keep``, which the stage checks itself)
+    only when the first output is about to be written, so a rerun whose inputs fail their checks loses nothing.
     """
     folder = Path(folder)
     state = stage_state(folder, ident)
@@ -154,8 +154,8 @@ def claim(folder: str | Path, ident: Mapping[str, Any], *, rerun: bool = False, 
         if not rerun:
             raise InputError(changed_message(f"{flag} {shown or folder}", state.diffs, "pass --rerun to redo it "
                                              "with the current settings, or choose another " + flag))
-        clear(folder, keep)
-        logger.info("%s: cleared for a rerun (%s)", folder, "; ".join(state.diffs))
+        logger.info("%s: to be redone (%s); cleared once its inputs pass their checks", folder,
+                    "; ".join(state.diffs))
     return state
 
 
@@ -213,7 +213,7 @@ class StageRun:
     def __init__(self, folder: str | Path, ident: Mapping[str, Any], *, rerun: bool = False,
                  flag: str = "--output", keep: Iterable[str] = (), shown: str | Path | None = None,
                  writer: bool = True) -> None:
-        self.folder, self.identity, self.writer = Path(folder), dict(ident), writer
+        self.folder, self.identity, self.writer, self._keep = Path(folder), dict(ident), writer, tuple(keep)
         self.state = claim(self.folder, ident, rerun=rerun, flag=flag, keep=keep, shown=shown)
         self.done = self.state.status == "done"
         self._t0 = time.perf_counter()
@@ -225,6 +225,9 @@ class StageRun:
         """Mark the folder (:func:`start`) and start recording this attempt's time; idempotent."""
         if self._before is not None:
             return
+        if self.state.status == "changed":  # a rerun: the old outputs go now, not before the inputs were checked
+            clear(self.folder, self._keep)
+            logger.info("%s: cleared for the rerun", self.folder)
         start(self.folder, self.identity)
         self._before = float(read_json(self.folder / STARTED).get("seconds", 0.0))
         self._beat = threading.Thread(target=self._heartbeat, name=f"stage-time {self.folder}", daemon=True)
@@ -268,8 +271,8 @@ class StageRun:
         self._stop_heartbeat()
         if self.done or not self.writer:
             return
-        if self._before is None:  # failed before start(): count the time for an earlier attempt's folder
-            add_seconds(self.folder, time.perf_counter() - self._t0)
+        if self._before is None and self.state.status != "changed":  # failed before start(): the time goes to
+            add_seconds(self.folder, time.perf_counter() - self._t0)  # an earlier attempt of these settings
         elif (self.folder / STARTED).is_file():
             self._record()
 

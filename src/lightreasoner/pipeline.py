@@ -254,6 +254,7 @@ def report_stage(rcfg: ReportConfig) -> int:
     stages = plan_from_saved(L)
     ident = layout.stage_identity("report", rcfg, {s.name: s.fingerprint for s in stages if s.name != "report"})
     with layout.StageRun(L.report, ident, rerun=True) as stage:
+        stage.start()  # before the first file: a rerun clears the old report here
         t0 = time.perf_counter()
         path = report.write_report(L.root, rcfg.tokenizer, cases=rcfg.cases,
                                    kept_step_examples=rcfg.kept_step_examples)

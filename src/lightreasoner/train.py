@@ -118,7 +118,7 @@ def train_params(cfg: TrainConfig) -> TrainParams:
 def samples_input(samples: str) -> str:
     """The samples' fingerprint as train's input: the sampling stage's (its meta.json), a file's content hash,
     or a hub dataset id."""
-    path = Path(samples)
+    path = Path(samples).expanduser()
     if path.is_file():
         meta = layout.read_meta(path.parent)
         if meta is not None and meta.get("stage") == "sample" and meta.get("samples") == path.name:

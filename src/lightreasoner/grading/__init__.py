@@ -54,13 +54,13 @@ from .pyexpr import _Refused, _is_safe_python_expression, _parse_expr_names, _pa
 from .symbolic import (_guard_latex_parsers, _latex2sympy, _parse_symbolic, _safe_number, _sympy_parse_latex,
                        _symbolic_equal)
 from .versions import grading_versions
-from .worker import (_WORKER, INPROCESS_MAX_CHARS, MAX_TEXT_CHARS, _cheap_verdict, _judge, _serve_symbolic,
-                     math_equal)
+from .worker import (_WORKER, DEFAULT_TIMEOUT, INPROCESS_MAX_CHARS, MAX_TEXT_CHARS, _cheap_verdict, _judge,
+                     _serve_symbolic, math_equal)
 
 __all__ = [
     "BENCHMARKS", "ALL_BENCHMARKS", "FEW_SHOT", "STOP_STRINGS", "GradeResult", "GRADERS", "StoredGold",
     "grading_versions",
     "build_qwen25_math_prompt", "parse_question", "parse_gold", "extract_answer", "extract_prediction",
     "strip_string", "choice_answer_clean", "clean_completion", "math_equal", "grade", "grade_many",
-    "INPROCESS_MAX_CHARS", "MAX_TEXT_CHARS",
+    "INPROCESS_MAX_CHARS", "MAX_TEXT_CHARS", "DEFAULT_TIMEOUT",
 ]

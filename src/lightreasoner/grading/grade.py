@@ -8,7 +8,7 @@ from typing import Sequence
 
 from .extract import _gold_field, _gold_field_text, _prediction, _prepare_from_field, _rules_for
 from .golds import StoredGold, check_grader, math_verify_gold
-from .worker import _WORKER, INPROCESS_MAX_CHARS, _check_timeout, _judge, _too_long
+from .worker import _WORKER, DEFAULT_TIMEOUT, INPROCESS_MAX_CHARS, _check_timeout, _judge, _too_long
 
 
 @dataclass
@@ -63,7 +63,7 @@ _GRADE_ONE = {"qwen": _grade_one, "math-verify": _grade_one_math_verify}
 
 
 def grade_many(benchmark: str, examples: Sequence[dict | StoredGold], completions: Sequence[str],
-               timeout: float = 3.0, progress: bool = True, grader: str = "qwen") -> list[GradeResult]:
+               timeout: float = DEFAULT_TIMEOUT, progress: bool = True, grader: str = "qwen") -> list[GradeResult]:
     """Grade ``completions[i]`` against ``examples[i]`` (a benchmark row, or a :class:`StoredGold`) with
     ``grader`` (``qwen``: the toolkit's rules; ``math-verify``: Math-Verify's); work that may take long shares
     the one worker process.
@@ -92,7 +92,7 @@ def grade_many(benchmark: str, examples: Sequence[dict | StoredGold], completion
     return results
 
 
-def grade(benchmark: str, example: dict | StoredGold, completion: str, timeout: float = 3.0,
+def grade(benchmark: str, example: dict | StoredGold, completion: str, timeout: float = DEFAULT_TIMEOUT,
           grader: str = "qwen") -> GradeResult:
     """Grade one completion (see :func:`grade_many`)."""
     return grade_many(benchmark, [example], [completion], timeout=timeout, progress=False, grader=grader)[0]

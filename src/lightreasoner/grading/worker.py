@@ -20,6 +20,7 @@ logger = logging.getLogger("lightreasoner.grading")
 
 WORKER_MEMORY_BYTES = 4 << 30  # address-space cap of the worker process
 WORKER_START_TIMEOUT = 120.0  # seconds allowed for the worker to import sympy and warm up
+DEFAULT_TIMEOUT = 3.0  # seconds per symbolic comparison: the toolkit's pebble timeout
 # Bounds on grading one answer. A completion (plus its raw gold) longer than INPROCESS_MAX_CHARS is graded whole
 # (cleaning, extraction, every rule) in the worker under the timeout; the cheap in-process path only ever sees
 # shorter text, on which every step is linear. Text longer than MAX_TEXT_CHARS (some 50 times the longest
@@ -279,7 +280,7 @@ def _check_timeout(timeout: float) -> None:
         raise ValueError(f"timeout must be a finite number > 0, got {timeout}")
 
 
-def math_equal(pred: str | None, gold: str | None, timeout: float = 3.0) -> bool:
+def math_equal(pred: str | None, gold: str | None, timeout: float = DEFAULT_TIMEOUT) -> bool:
     """The toolkit's ``math_equal``; the symbolic step runs in the worker and counts as wrong after ``timeout`` s."""
     _check_timeout(timeout)
     return _judge(pred, gold, timeout)[0]
