@@ -131,6 +131,13 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous(runs, expert, t
     assert_equals_uninterrupted(runs, out)  # resumed from step-000002: still the same result
 
 
+def test_a_checkpoint_of_another_run_is_checked_against_that_runs_settings(runs, expert, tokenizer, tmp_path):
+    """--resume DIR into a new --output: the checkpoint's own run says how it was made."""
+    with pytest.raises(ConfigError, match=r"--lr: checkpoint 0.01, now 0.001"):
+        finish(runs, expert, tokenizer, tmp_path / "new", resume=str(runs[0] / "stopped" / "step-000003"), lr=1e-3)
+    assert not (tmp_path / "new" / "adapter_model.safetensors").exists()
+
+
 def test_an_explicit_resume_of_a_damaged_checkpoint_names_the_file(runs, expert, tokenizer, tmp_path):
     out = stopped_copy(runs, tmp_path)
     path = out / "step-000003" / ck.OPTIMIZER_JSON

@@ -1,5 +1,7 @@
 """Model loading helpers: specs, fingerprints, dtype choice, the KV-cache argument across transformers versions."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,6 +18,28 @@ def test_folder_fingerprint_tells_same_shape_checkpoints_apart(tmp_path, tokeniz
     a2 = save_tiny(tmp_path / "a2", tiny_causal_lm(seed=1), tokenizer)
     fa, fb, fa2 = (fingerprint(resolve_source(p)) for p in (a, b, a2))
     assert fa == fa2 and fa != fb
+
+
+@pytest.mark.parametrize("name, text", [("chat_template.jinja", "{{ messages[0]['content'] }}"),
+                                        ("generation_config.json", '{"eos_token_id": [1, 2]}')])
+def test_folder_fingerprint_follows_the_files_that_set_prompts_and_stops(tmp_path, tokenizer, name, text):
+    folder = save_tiny(tmp_path / "m", tiny_causal_lm(seed=1), tokenizer)
+    before = fingerprint(resolve_source(folder))
+    (Path(folder) / name).write_text(text)
+    assert fingerprint(resolve_source(folder)) != before
+
+
+def test_gguf_fingerprint_reads_past_its_first_16_mib(tmp_path):
+    from lightreasoner.models import ModelSource
+
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF" + bytes(40 << 20))
+    src = ModelSource(str(f), "gguf", str(tmp_path), "m.gguf")
+    before = fingerprint(src)
+    with open(f, "r+b") as fh:  # a tensor deep in the file changes, the size and header do not
+        fh.seek(30 << 20)
+        fh.write(b"\x01" * (1 << 20))
+    assert fingerprint(src) != before
 
 
 def test_specs_are_classified_and_bad_paths_named(tmp_path, model_dirs):

@@ -274,6 +274,18 @@ def test_figures_are_pngs_and_html_embeds_them(full_run):
     assert "<b>pooled</b>" in page  # markdown bold rendered in the HTML tables
 
 
+def test_optional_stages_the_config_turns_off_are_not_this_runs(full_run):
+    """An SFT baseline and a perplexity curve left by an earlier run of other settings stay out of the report."""
+    L = RunLayout(full_run)
+    assert R.RunData.load(full_run).sft_summary is not None and "sft" in R.RunData.load(full_run).evals
+    config = yaml.safe_load(L.config.read_text())
+    L.config.write_text(yaml.safe_dump({**config, "with_sft": False, "perplexity_problems": 0}))
+    data = R.RunData.load(full_run)
+    assert data.sft_summary is None and data.perplexity is None and set(data.evals) == {"base", "tuned"}
+    md = R.write_report(full_run).read_text()
+    assert "SFT" not in table_row(section(md, "## Accuracy before and after"), "benchmark")
+
+
 def test_samples_only_folder_still_gets_a_report(tmp_path):
     run = tmp_path / "partial"
     run.mkdir()

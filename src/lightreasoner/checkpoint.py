@@ -443,6 +443,7 @@ def check_resumable(output: Path, config: dict, fields: Iterable[str], fingerpri
 
     saved_path = output / "train_config.json"
     if not saved_path.is_file():
+        logger.warning("%s has no train_config.json: the resumed checkpoint's settings cannot be checked", output)
         return
     saved = read_json(saved_path)
     diffs = [f"--{k.replace('_', '-')}: checkpoint {saved['config'].get(k)!r}, now {config[k]!r}"

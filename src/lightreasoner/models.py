@@ -114,25 +114,33 @@ def check_device(device: str) -> str:
     return device
 
 
+TEXT_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+              "chat_template.json", "generation_config.json", "vocab.json", "merges.txt", "tokenizer.model")
+
+
 def fingerprint(source: ModelSource, model: Any = None) -> str:
     """A content hash identifying the weights, cheap to compute.
 
-    Embedded: the verified GGUF SHA-256. Folder: SHA-256 over ``config.json`` and, per weight file, its size,
-    header and evenly spaced windows of its bytes (see :func:`_sampled_bytes`). GGUF: SHA-256 of the first
-    16 MiB and the size. Hub: the resolved commit hash when known.
+    Embedded: the verified GGUF SHA-256. Folder: SHA-256 over ``config.json``, the files that set the prompt and
+    the stop tokens (:data:`TEXT_FILES`: tokenizer, chat template, generation config) and, per weight file, its
+    size, header and evenly spaced windows of its bytes (see :func:`_sampled_bytes`). GGUF (whose tokenizer and
+    template live in its header): the same windows of the file, and its size. Hub: the resolved commit hash when
+    known.
     """
     h = hashlib.sha256()
     if source.kind == "embedded":
         return "sha256:" + embedded.EMBEDDED[source.spec].sha256
     if source.kind == "gguf":
         f = Path(source.path) / (source.gguf_file or "")
-        with open(f, "rb") as fh:
-            h.update(fh.read(1 << 24))
         h.update(str(f.stat().st_size).encode())
+        h.update(_sampled_bytes(f))
         return "sha256:" + h.hexdigest()
     if source.kind == "folder":
         folder = Path(source.path)
         h.update((folder / "config.json").read_bytes())
+        for name in TEXT_FILES:
+            if (folder / name).is_file():
+                h.update(f"{name}:".encode() + (folder / name).read_bytes())
         for st in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
             h.update(f"{st.name}:{st.stat().st_size}".encode())
             h.update(_sampled_bytes(st))

@@ -329,8 +329,8 @@ def train(model: nn.Module, tokenizer: Any, trajectories: Sequence[Trajectory], 
     found = ck.candidates(out, params.resume)
     ck.require_supported(acc.distributed_type, saves=bool(params.save_every or params.stop_after),
                          resumes=bool(found))
-    if found:
-        ck.check_resumable(out, settings, RESUME_FIELDS, fp)
+    if found:  # against the run the checkpoint came from (--resume DIR may name another run's)
+        ck.check_resumable(out if params.resume == "auto" else found[0].parent, settings, RESUME_FIELDS, fp)
     plan = plan_updates([t.n_steps for t in trajectories], params.steps_per_update, max_steps=params.max_steps,
                         epochs=params.epochs, seed=params.seed)
     total = len(plan)

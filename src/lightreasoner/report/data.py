@@ -79,21 +79,26 @@ class RunData:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "RunData":
+        """What the run folder holds, less the optional stages its saved config leaves out (an SFT baseline or
+        perplexity left by an earlier run of other settings is not this run's)."""
         L = RunLayout(run_dir)
         f = run_files(L)
+        run_config = load_yaml(f["config"]) if f["config"].is_file() else None
+        sft = bool((run_config or {}).get("with_sft", True))  # only a config that turns one off leaves it out
+        perplexity = bool((run_config or {}).get("perplexity_problems", True))
+        left_out = ({"sft", "eval_sft"} if not sft else set()) | ({"perplexity"} if not perplexity else set())
         timings = {}
         for name, folder in stage_folders(L).items():
-            meta = _read_json_or_none(folder / META)
+            meta = None if name in left_out else _read_json_or_none(folder / META)
             if meta is not None:
                 timings[name] = meta.get("seconds")
-        return cls(layout=L, run_config=load_yaml(f["config"]) if f["config"].is_file() else None,
-                   timings=timings, records=_read_samples(f["samples"]),
+        return cls(layout=L, run_config=run_config, timings=timings, records=_read_samples(f["samples"]),
                    sample_meta=_read_json_or_none(f["sample_meta"]),
                    train_summary=_read_json_or_none(f["train_summary"]),
                    metrics=read_complete_jsonl(f["metrics"]) if f["metrics"].is_file() else [],
-                   evals={n: L.eval(n) for n in RUN_NAMES if _has_jsonl(L.eval(n))},
-                   sft_summary=_read_json_or_none(f["sft_summary"]),
-                   perplexity=_read_json_or_none(f["perplexity"]))
+                   evals={n: L.eval(n) for n in RUN_NAMES if _has_jsonl(L.eval(n)) and (sft or n != "sft")},
+                   sft_summary=_read_json_or_none(f["sft_summary"]) if sft else None,
+                   perplexity=_read_json_or_none(f["perplexity"]) if perplexity else None)
 
     @property
     def run_dir(self) -> Path:
