@@ -95,6 +95,15 @@ def test_a_rerun_clears_the_old_outputs_only_once_the_stage_starts_writing(tmp_p
         assert sorted(p.name for p in tmp_path.iterdir()) == [layout.STARTED, "records.keep"]
         stage.finish(config={}, counts={})
     assert layout.stage_state(tmp_path, other).status == "done"
+    partial = tmp_path / "partial"  # an unfinished attempt of other settings keeps its own time too
+    with layout.StageRun(partial, IDENT) as stage:
+        stage.start()
+    seconds = read_json(partial / layout.STARTED)["seconds"]
+    with pytest.raises(InputError):
+        with layout.StageRun(partial, other, rerun=True):
+            time.sleep(0.05)
+            raise InputError("data.jsonl:3: bad row")
+    assert read_json(partial / layout.STARTED)["seconds"] == seconds
 
 
 def test_sample_with_bad_data_and_rerun_keeps_the_old_folder(tmp_path):

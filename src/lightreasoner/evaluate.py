@@ -99,8 +99,8 @@ class EvalConfig(Checked):
                         choices=DTYPES, run_sets=True)
     device: str | None = option(None, "cuda, cpu or mps; none: the best available", run_sets=True, result=False)
     seed: int = option(0, "random seed (decoding is greedy; kept for the record)", run_sets=True)
-    grade_timeout: float = option(DEFAULT_TIMEOUT, "seconds per equality check before it counts as wrong (toolkit: 3; "
-                                        "math-verify: per answer)")
+    grade_timeout: float = option(DEFAULT_TIMEOUT, "seconds per equality check before it counts as wrong "
+                                                   "(toolkit: 3; math-verify: per answer)")
     grader: str = option("qwen", "qwen: the Qwen2.5-Math toolkit's verdicts; math-verify: Hugging Face "
                                  "Math-Verify's, as lighteval and open-r1 report them", choices=GRADERS)
     skip_bad_rows: bool = option(False, "skip benchmark rows without a usable question or gold (counted) instead "
@@ -213,8 +213,8 @@ def _check_adapter_base(cfg: EvalConfig, model_fingerprint: str) -> None:
 def _check_output(out: Path, identity: Mapping[str, Any], overwrite: bool, rerun: bool = False) -> None:
     """Keep the records in ``out`` only if they were made the way this evaluation makes them (same model,
     adapter, prompt, decoding, each benchmark's data): they are then reused, not generated again (and graded
-    again when the grader or its timeout changed, :func:`evaluation.evaluate_model`). Otherwise they are discarded when
-    ``overwrite`` or ``rerun`` says so, else refused."""
+    again when the grader or its timeout changed, :func:`evaluation.evaluate_model`). Otherwise they are
+    discarded when ``overwrite`` or ``rerun`` says so, else refused."""
     cfg_file = out / "config.json"
     old = read_json(cfg_file).get("identity", {}) if cfg_file.exists() else None
     diffs = [f"{k}: {old.get(k)!r} there, {identity.get(k)!r} now" for k in _IDENTITY_KEYS

@@ -271,8 +271,9 @@ class StageRun:
         self._stop_heartbeat()
         if self.done or not self.writer:
             return
-        if self._before is None and self.state.status != "changed":  # failed before start(): the time goes to
-            add_seconds(self.folder, time.perf_counter() - self._t0)  # an earlier attempt of these settings
+        if self._before is None:  # failed before start(): the time goes to an earlier attempt of these settings
+            if self.state.status != "changed":  # (a folder of other settings keeps its own)
+                add_seconds(self.folder, time.perf_counter() - self._t0)
         elif (self.folder / STARTED).is_file():
             self._record()
 

@@ -6,7 +6,8 @@ per trajectory, logits only at kept steps, KL to the soft label), and the loop r
 or full, accelerate, exact resume, metrics). This module turns the command's flags into a
 :class:`training.TrainParams` (:func:`train_params`), checks the samples belong to the expert (before the model
 loads; for a hub expert, whose fingerprint needs its files, right after), writes the model card
-(:mod:`.modelcard`; the loop names the adapter's base as PEFT and the hub resolve it), and marks the output folder done (``meta.json`` last, :class:`layout.StageRun`).
+(:mod:`.modelcard`; the loop names the adapter's base as PEFT and the hub resolve it), and marks the output
+folder done (``meta.json`` last, :class:`layout.StageRun`).
 
 Distributed: ``accelerate launch [--config_file configs/accelerate/ddp.yaml] -m lightreasoner train ...``
 """
