@@ -304,3 +304,15 @@ def test_single_process_stages_refuse_a_launcher(command, monkeypatch, tmp_path,
     assert f"`lightreasoner {command[0]}` runs in one process" in err and "WORLD_SIZE=2" in err
     assert "`sample`, `train`, `eval` and `sft`" in err
     assert [p.name for p in tmp_path.iterdir()] in ([], ["o"]) and not any(tmp_path.rglob("*.json*"))
+
+
+def test_the_perplexity_curve_takes_only_the_scheduled_checkpoints(tmp_path):
+    """A --stop-after leaves an extra checkpoint (step-000030 with --save-every 50): not a point of the curve."""
+    from lightreasoner.pipeline import scheduled_checkpoints
+
+    for step in (30, 50, 100, 150):
+        (tmp_path / f"step-{step:06d}" / "adapter").mkdir(parents=True)
+        if step != 150:  # 150: an unfinished checkpoint without its adapter
+            (tmp_path / f"step-{step:06d}" / "adapter" / "adapter_config.json").write_text("{}")
+    assert [s for _, s in scheduled_checkpoints(tmp_path, 50)] == [50, 100]
+    assert scheduled_checkpoints(tmp_path, None) == []

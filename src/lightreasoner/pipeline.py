@@ -175,7 +175,8 @@ def plan(cfg: RunConfig) -> list[Stage]:
         s_sft = Stage("sft", "sft", F["sft"], filled["sft"], sft.main, sft.identity(filled["sft"]))
         stages += [s_sft, eval_stage("sft", cfg.expert, str(L.sft_adapter), adapter=s_sft.fingerprint)]
     if cfg.perplexity_problems > 0:
-        ident = layout.identity("perplexity", {"problems": cfg.perplexity_problems, "dtype": cfg.dtype},
+        ident = layout.identity("perplexity", {"problems": cfg.perplexity_problems, "dtype": cfg.dtype,
+                                               "save_every": cfg.train.save_every},
                                 {"train": s_train.fingerprint,
                                  "expert": layout.model_input(cfg.expert, cfg.expert_revision),
                                  "data": data_inputs(("gsm8k",), cfg.eval.data_dir)})
@@ -270,6 +271,17 @@ def plan_from_saved(L: layout.RunLayout) -> list[Stage]:
     return plan(resolve(RunConfig, yaml_values=load_yaml(L.config)))
 
 
+def scheduled_checkpoints(train_dir: Path, save_every: int | None) -> list[tuple[Path, int]]:
+    """The checkpoints ``step-NNNNNN/`` of ``train_dir`` at multiples of ``save_every`` that hold an adapter,
+    in step order: the curve's points, whatever extra checkpoint a ``--stop-after`` left."""
+    out = []
+    for d in sorted(train_dir.glob("step-*")):
+        step = int(d.name.split("-")[1])
+        if save_every and step % save_every == 0 and (d / "adapter" / "adapter_config.json").is_file():
+            out.append((d, step))
+    return out
+
+
 def perplexity_stage(cfg: RunConfig) -> int:
     """Gold-answer perplexity of held-out GSM8K test problems for the base expert, each checkpoint and the final
     adapter, into RUN/perplexity/ (meta.json last)."""
@@ -290,9 +302,7 @@ def perplexity_stage(cfg: RunConfig) -> int:
         base = load_model(cfg.expert, dtype=cfg.dtype, device=cfg.device, revision=cfg.expert_revision,
                           trust_remote_code=cfg.trust_remote_code)
         points: list[tuple[str, int, Path | None]] = [("base", 0, None)]
-        for d in sorted(L.train.glob("step-*")):
-            if (d / "adapter" / "adapter_config.json").is_file():
-                points.append((d.name, int(d.name.split("-")[1]), d / "adapter"))
+        points += [(d.name, step, d / "adapter") for d, step in scheduled_checkpoints(L.train, cfg.train.save_every)]
         points.append(("final", (layout.read_meta(L.train) or {}).get("counts", {}).get("updates", 0), L.train))
         stage.start()
         out = []
