@@ -137,3 +137,15 @@ def test_a_home_relative_path_is_fingerprinted_as_the_file_it_names(tmp_path, mo
     assert file_fingerprint("~/ad") == file_fingerprint(adapter) != before  # the weights are counted
     finish(adapter)
     assert layout.output_fingerprint("~/ad") == layout.read_meta(adapter)["fingerprint"]
+
+
+def test_an_unfinished_stage_resumes_only_where_its_settings_resolve_alike(tmp_path):
+    """--dtype auto is bf16 on one machine, float32 on another: their records must not meet in one folder."""
+    with layout.StageRun(tmp_path, IDENT) as stage:
+        stage.start(resolved={"dtype": "bfloat16"})
+    with layout.StageRun(tmp_path, IDENT) as stage:  # the same machine: resumes
+        stage.start(resolved={"dtype": "bfloat16"})
+    with pytest.raises(InputError, match=r"dtype bfloat16 there, float32 here.*hardware that started it"):
+        with layout.StageRun(tmp_path, IDENT) as stage:
+            stage.start(resolved={"dtype": "float32"})
+    assert finish(tmp_path)["fingerprint"] == layout.fingerprint(IDENT)  # nothing was lost

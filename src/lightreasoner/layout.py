@@ -159,14 +159,25 @@ def claim(folder: str | Path, ident: Mapping[str, Any], *, rerun: bool = False, 
     return state
 
 
-def start(folder: str | Path, ident: Mapping[str, Any]) -> None:
+def start(folder: str | Path, ident: Mapping[str, Any], resolved: Mapping[str, str] | None = None) -> None:
     """Record in ``.started.json`` the identity being worked for, so that a later run with other settings is
-    refused even before this one finishes (and an unfinished one of the same settings resumes)."""
+    refused even before this one finishes (and an unfinished one of the same settings resumes).
+
+    ``resolved``: what a setting such as ``--dtype auto`` became on this machine. An unfinished stage resumes only
+    where it resolves alike (a CPU's float32 records must not join a GPU's bfloat16 ones); otherwise
+    :class:`InputError`, before any work."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if stage_state(folder, ident).status != "partial":
         write_json(folder / STARTED, {"identity": dict(ident), "fingerprint": fingerprint(ident),
-                                      "started": time.time()})
+                                      "started": time.time(), "resolved": dict(resolved or {})})
+        return
+    was = read_json(folder / STARTED).get("resolved") or {}
+    diffs = [f"{k} {was[k]} there, {v} here" for k, v in (resolved or {}).items() if k in was and was[k] != v]
+    if diffs:
+        raise InputError(f"{folder} holds an unfinished stage made with other resolved settings ({'; '.join(diffs)}"
+                         f"): resume it on the hardware that started it, or remove it or choose another output "
+                         f"to start over here")
 
 
 def clear(folder: Path, keep: Iterable[str] = ()) -> None:
@@ -221,14 +232,15 @@ class StageRun:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Mark the folder (:func:`start`) and start recording this attempt's time; idempotent."""
+    def start(self, resolved: Mapping[str, str] | None = None) -> None:
+        """Mark the folder (:func:`start`, with what ``resolved`` settings became here) and start recording this
+        attempt's time; idempotent."""
         if self._before is not None:
             return
         if self.state.status == "changed":  # a rerun: the old outputs go now, not before the inputs were checked
             clear(self.folder, self._keep)
             logger.info("%s: cleared for the rerun", self.folder)
-        start(self.folder, self.identity)
+        start(self.folder, self.identity, resolved)
         self._before = float(read_json(self.folder / STARTED).get("seconds", 0.0))
         self._beat = threading.Thread(target=self._heartbeat, name=f"stage-time {self.folder}", daemon=True)
         self._beat.start()

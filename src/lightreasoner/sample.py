@@ -285,7 +285,7 @@ def _sample(cfg: SampleConfig, info: Any, stage: layout.StageRun | None) -> int:
     vocab, text, path_facts = choose_amateur_path(cfg, expert, amateur)
     load_s = time.perf_counter() - t_load
     if stage is not None:
-        stage.start()
+        stage.start(resolved={"dtype": expert.describe()["dtype"]})
     state_path = output.with_name(f"{output.stem}.rank{info.rank}.timings.json")
     prev = read_json(state_path) if state_path.exists() else {}
     t0 = time.perf_counter()

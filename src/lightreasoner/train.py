@@ -174,7 +174,7 @@ def _train_stage(cfg: TrainConfig, params: TrainParams, acc: Any, src: models.Mo
         check_manifest(cfg.samples, loaded.fingerprint, cfg.force)
     check_token_range(trajs, loaded.vocab_rows)
     if acc.is_main_process:
-        stage.start()
+        stage.start(resolved={"dtype": loaded.describe()["dtype"]})
     summary = train(loaded.model, loaded.tokenizer, trajs, params, cfg.output, accelerator=acc, data_stats=stats,
                     expert=loaded.describe(), config=to_dict(cfg))
     if not summary.get("finished", True):
