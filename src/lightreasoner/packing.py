@@ -201,8 +201,9 @@ def kept_logits(model: nn.Module, input_ids: torch.Tensor, keep: torch.Tensor) -
     """Logits ``[N, V]`` at the True positions of ``keep`` ``[B, L]`` (row-major), never forming ``[B, L, V]``.
 
     Uses ``logits_to_keep=<bool mask>`` where the installed transformers supports it and the model's forward
-    slices through it (so model-specific output scaling stays), else the decoder's hidden states gathered at kept positions and the output layer. No attention
-    mask is passed: rows are right padded, so under the causal mask no real token sees a pad.
+    slices through it (so model-specific output scaling stays), else the decoder's hidden states gathered at kept
+    positions and the output layer. No attention mask is passed: rows are right padded, so under the causal mask no
+    real token sees a pad.
     """
     lm = _base_lm(model)
     if _BOOL_KEEP and _slices_by_mask(type(lm)) and _bool_logits_to_keep_supported():
