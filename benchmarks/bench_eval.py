@@ -34,7 +34,7 @@ from lightreasoner import benchmarks as B
 from lightreasoner import generation
 from lightreasoner import prompts as P
 from lightreasoner import grading
-from lightreasoner.models import default_device, load_model, resolve_dtype
+from lightreasoner.models import default_device, dtype_name, load_model, resolve_dtype
 from lightreasoner.testing import byte_tokenizer, gsm8k_style_rows, tiny_causal_lm
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bench"
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = args.benchmark
     else:
         examples, bench = [dict(r, idx=i) for i, r in enumerate(gsm8k_style_rows())][:args.limit], "gsm8k"
-    dtype_name = str(next(model.parameters()).dtype).replace("torch.", "")
-    print(f"{name} on {device} ({dtype_name}), {bench}: {len(examples)} problems, "
+    precision = dtype_name(model)
+    print(f"{name} on {device} ({precision}), {bench}: {len(examples)} problems, "
           f"max {args.max_new_tokens} new tokens, batch {args.batch_size}", flush=True)
 
     texts = [B.build_prompt(bench, ex, tok, args.prompt) for ex in examples]
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         arms_txt = "; ".join(f"{lab} {t:.1f} s ({tk / t:.1f} tok/s, {r:.2f}x, same {sm}/{len(ref)})"
                              for lab, t, tk, r, sm in cells)
         with open(path, "a") as fh:
-            fh.write(f"| {datetime.date.today()} | {name} | {dev} | {dtype_name} | {bench} | {len(examples)} | "
+            fh.write(f"| {datetime.date.today()} | {name} | {dev} | {precision} | {bench} | {len(examples)} | "
                      f"{args.max_new_tokens} | {args.batch_size} | {arms_txt} | {accuracy:.1f} |\n")
     return 0
 

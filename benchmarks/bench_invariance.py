@@ -38,7 +38,7 @@ import torch.nn.functional as F  # noqa: E402
 from lightreasoner import decoder, invariant, sampling, utils  # noqa: E402
 from lightreasoner.contrast import reduce_steps  # noqa: E402
 from lightreasoner.invariant import RowInvariant, invariant_linear  # noqa: E402
-from lightreasoner.models import default_device, resolve_dtype  # noqa: E402
+from lightreasoner.models import default_device, dtype_name, resolve_dtype  # noqa: E402
 from lightreasoner.prompts import build_prompt_ids  # noqa: E402
 from lightreasoner.testing import invariance_runs, steer, tiny_causal_lm, two_tokenizers  # noqa: E402
 from lightreasoner.textpath import text_path  # noqa: E402
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         invariant.reduction_tile = NATIVE_TILE
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "models": label,
-            "dtype": str(dtype).replace("torch.", ""), "tile": size["tile"] or NATIVE_TILE(device),
+            "dtype": dtype_name(dtype), "tile": size["tile"] or NATIVE_TILE(device),
             "environment": utils.environment_info(), "figures": figures, "wall_s": time.perf_counter() - t0}
 
 

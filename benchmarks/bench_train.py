@@ -65,7 +65,7 @@ def build_model(args):
     device = models.default_device() if args.device == "auto" else args.device
     dtype = models.resolve_dtype(args.dtype, device.split(":")[0])
     if args.model:
-        loaded = models.load_model(args.model, dtype=str(dtype).replace("torch.", ""), device=device)
+        loaded = models.load_model(args.model, dtype=models.dtype_name(dtype), device=device)
         return loaded.model, loaded.tokenizer.pad_token_id or 0, device, dtype, args.model
     from lightreasoner.testing import tiny_causal_lm
 
@@ -193,7 +193,7 @@ def child(args) -> dict:
     return {"method": args.method, "seconds": seconds, "peak_bytes": peak_memory(device), "updates": len(plan),
             "forward_tokens": tokens, "kept_steps": sum(t.n_steps for t in trajs), "trajectories": len(trajs),
             "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else
-            f"cpu x{torch.get_num_threads()}", "dtype": str(dtype).replace("torch.", ""), "model": name}
+            f"cpu x{torch.get_num_threads()}", "dtype": models.dtype_name(dtype), "model": name}
 
 
 def main(argv=None) -> int:

@@ -54,7 +54,7 @@ import torch  # noqa: E402
 import bench_sampling  # noqa: E402
 import bench_train  # noqa: E402
 from lightreasoner import generation, sampling, utils  # noqa: E402
-from lightreasoner.models import DTYPES, default_device, resolve_dtype  # noqa: E402
+from lightreasoner.models import DTYPES, default_device, dtype_name, resolve_dtype  # noqa: E402
 from lightreasoner.testing import byte_tokenizer  # noqa: E402
 
 PARTS = ("invariance", "sampling", "training", "evaluation")
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> dict:
     wanted = args.parts.split(",")
     env = utils.environment_info()
     env.update(device=torch.cuda.get_device_name(device) if device.type == "cuda" else env.get("device"),
-               device_type=device.type, dtype=str(dtype).replace("torch.", ""),
+               device_type=device.type, dtype=dtype_name(dtype),
                cuda=torch.version.cuda if device.type == "cuda" else None)
     out = {"smoke": bool(args.smoke), "command": " ".join(["benchmarks/gpu_check.sh", *sys.argv[1:]]),
            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": env,

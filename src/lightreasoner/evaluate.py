@@ -48,7 +48,7 @@ from .benchmarks import ALL_BENCHMARKS, FEW_SHOT, PAPER_BENCHMARKS, SHOT_BENCHMA
 from .config import Checked, ConfigError, flag, option, save_config, to_dict
 from .evaluation import EvalParams, collect, evaluate_model, extra_path, overall_summary, plan, summary_markdown
 from .grading import DEFAULT_TIMEOUT, GRADERS, grading_versions
-from .models import DTYPES
+from .models import DTYPES, dtype_name
 from .prompts import PROMPT_TYPES, STOP_STRINGS, eos_ids
 from .stats import compare_runs
 from .toolkit_format import TOOLKIT_FOLDER, write_toolkit_files
@@ -301,7 +301,7 @@ def _evaluate(cfg: EvalConfig, info: DistInfo, stage: layout.StageRun | None) ->
     record_identity = {"model": str(spec_path.resolve()) if spec_path.exists() else cfg.model,
                 "model_fingerprint": loaded.fingerprint, "adapter_fingerprint": adapter_fp, "prompt": cfg.prompt,
                 "shots": cfg.shots, "max_new_tokens": cfg.max_new_tokens,
-                "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                "dtype": dtype_name(model),
                 "data": data_inputs(cfg.benchmarks, cfg.data_dir)}
     if stage is None:
         _wait_for_records_claim(out, record_identity)

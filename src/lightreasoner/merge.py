@@ -94,7 +94,7 @@ def _merge(cfg: MergeConfig, adapter: Path, stage: layout.StageRun) -> int:
     stage.start()
     merged.save_pretrained(out)
     loaded.tokenizer.save_pretrained(out)
-    expert, dtype_name = loaded.describe(), str(dtype).replace("torch.", "")
+    expert, dtype_name = loaded.describe(), models.dtype_name(dtype)
     settings, data = modelcard.adapter_facts(adapter)  # the card: the adapter's training settings and data
     modelcard.write(out, modelcard.Card("merged", expert, {**settings, "merged_dtype": dtype_name}, data,
                                         folder=cfg.output))
@@ -103,7 +103,7 @@ def _merge(cfg: MergeConfig, adapter: Path, stage: layout.StageRun) -> int:
             fsync_file(f)
     stage.finish(config=to_dict(cfg), counts={"parameters": sum(p.numel() for p in merged.parameters())},
                  extra={"expert": expert, "dtype": dtype_name})
-    logger.info("merged %s + %s -> %s (%s)", cfg.expert, cfg.adapter, out, str(dtype).replace("torch.", ""))
+    logger.info("merged %s + %s -> %s (%s)", cfg.expert, cfg.adapter, out, dtype_name)
     return 0
 
 

@@ -60,6 +60,14 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return torch.float32
 
 
+def dtype_name(dtype: torch.dtype | torch.nn.Module) -> str:
+    """``bfloat16`` for ``torch.bfloat16``, or for a module whose (first) parameters are bf16: how manifests and
+    ``--dtype`` spell a dtype."""
+    if isinstance(dtype, torch.nn.Module):
+        dtype = next(dtype.parameters()).dtype
+    return str(dtype).removeprefix("torch.")
+
+
 @dataclass(frozen=True)
 class ModelSource:
     spec: str
@@ -186,7 +194,7 @@ class LoadedModel:
         return {"spec": self.spec, "fingerprint": self.fingerprint,
                 "kind": self.source.kind if self.source else "in-memory",
                 **source_facts(self.source, self.fingerprint),
-                "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+                "dtype": dtype_name(self.model),
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "vocab_rows": self.vocab_rows}
 
@@ -331,7 +339,7 @@ def load_model(spec: str, *, dtype: str = "auto", device: str | None = None, tru
         kw["gguf_file"] = src.gguf_file
     revised = {"revision": revision} if revision is not None else {}
     logger.info("loading %s%s (%s) as %s on %s", spec, f"@{revision}" if revision else "", src.kind,
-                str(torch_dtype).replace("torch.", ""), device)
+                dtype_name(torch_dtype), device)
     if src.kind == "hub":
         hub.require("model", spec, "pass a local folder, a .gguf file or an embedded name")
     with _hub_errors(src):

@@ -258,10 +258,10 @@ def _sft(cfg: SFTConfig, info: DistInfo, stage: layout.StageRun | None) -> int:
         raise InputError(f"--data {cfg.data}: {len(missing)} problems have no reference answer in "
                          f"{flag('answer_field')} {cfg.answer_field!r} (first: {missing[0]}); SFT needs them to grade")
     if stage is not None:
-        from .models import default_device, resolve_dtype
+        from .models import default_device, dtype_name, resolve_dtype
 
         dtype = resolve_dtype(cfg.dtype, shards.rank_device(cfg.device, info) or default_device())
-        stage.start(resolved={"dtype": str(dtype).replace("torch.", "")})
+        stage.start(resolved={"dtype": dtype_name(dtype)})
     timings = read_json(out / "timings.json") if (out / "timings.json").exists() else {}
     cand_path = out / "candidates.jsonl"
     n_candidates = len(problems) * cfg.samples_per_problem

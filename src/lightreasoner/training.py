@@ -413,7 +413,7 @@ def train(model: nn.Module, tokenizer: Any, trajectories: Sequence[Trajectory], 
         "first_loss": state["first_loss"], "final_loss": state["last_loss"],
         "train_time_s": round(state["train_time_s"], 3), "wall_time_s": round(time.perf_counter() - t_start, 3),
         "world_size": world, "trainable_parameters": n_trainable, "mode": "full" if params.full else "lora",
-        "model_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "model_dtype": models.dtype_name(model),
         "peak_memory_gb": _peak_memory(acc.device) / 2**30, "data": data_stats or {}, "expert": expert or {},
     }
     if main_proc:
