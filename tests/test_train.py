@@ -442,6 +442,9 @@ def test_training_lowers_the_loss_and_only_touches_lora(tmp_path, expert, tokeni
     assert json.loads((out / "summary.json").read_text())["final_loss"] == summary["final_loss"]
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["update"] for m in metrics] == [5, 10, 15, 20, 25]
+    per_epoch = sum(t.n_steps for t in trajs)  # epochs as transformers logs them, straddling updates included
+    assert per_epoch < 25 * 6
+    assert [m["epoch"] for m in metrics] == [round(u * 6 / per_epoch, 4) for u in range(5, 26, 5)]
     assert metrics[0]["lr"] > metrics[-1]["lr"] > 0 and all(m["grad_norm"] > 0 for m in metrics)
     assert any((out / "tensorboard").iterdir())
     saved = json.loads((out / "train_config.json").read_text())

@@ -386,7 +386,7 @@ def train(model: nn.Module, tokenizer: Any, trajectories: Sequence[Trajectory], 
         bar.update(1)
         bar.set_postfix(loss=f"{r['loss']:.4f}")
         if done % params.log_every == 0 or done == stop:
-            metrics.flush(done, epoch=round(upd.epoch + _epoch_fraction(plan, upd, trajectories), 4), lr=r["lr"],
+            metrics.flush(done, epoch=round(_epochs_seen(plan, upd, trajectories), 4), lr=r["lr"],
                           grad_norm=r["grad_norm"], peak_memory_gb=_peak_memory(acc.device) / 2**30,
                           kept_steps_seen=state["kept_steps"], elapsed_s=state["train_time_s"])
         if (params.save_every and done % params.save_every == 0 and done < total) or (done == stop < total):
@@ -425,11 +425,10 @@ def train(model: nn.Module, tokenizer: Any, trajectories: Sequence[Trajectory], 
     return summary
 
 
-def _epoch_fraction(plan: Sequence[Update], upd: Update, trajs: Sequence[Trajectory]) -> float:
-    """How far into its epoch ``upd`` ends (for logging)."""
-    total = sum(t.n_steps for t in trajs)
-    seen = sum(u.n_steps for u in plan[:upd.index + 1]) - upd.epoch * total
-    return min(1.0, max(0.0, seen / total))
+def _epochs_seen(plan: Sequence[Update], upd: Update, trajs: Sequence[Trajectory]) -> float:
+    """Epochs of kept steps read when ``upd`` ends, as transformers logs ``epoch`` (2.25: a quarter into the third;
+    the stream runs on across epochs, so an update that straddles two counts exactly)."""
+    return sum(u.n_steps for u in plan[:upd.index + 1]) / sum(t.n_steps for t in trajs)
 
 
 def _lm_state(state: dict) -> dict:
