@@ -27,7 +27,7 @@ Each job is a stage command (or, for an early exit, an in-process evaluation) wr
 eval/<expert>__self), done when its meta.json is there; every one resumes, so ``run`` continues where a killed run
 stopped. ``plan`` prints the commands and what is done; ``table`` writes gap_study.json / .md and gain_vs_gap.png
 into --root from the finished folders; its hours are the meta.json ``seconds`` (wall clock summed over resumed
-pieces, on 2 cores).
+pieces, on 2 cores; the study's total adds a running job's time so far, from its ``.started.json``).
 
 **Lost folders.** The folders of sessions 8-14 were lost when session 15 began on a new machine. ``--root``'s
 ``recorded.json`` keeps their counts as RESULTS.md recorded them (right answers, the pairing's discordant counts,
@@ -267,9 +267,12 @@ def read_json(path: Path) -> dict | None:
 
 
 def accuracy(folder: Path) -> float | None:
-    """The eval folder's GSM8K accuracy (points), or None until it is finished."""
+    """The eval folder's GSM8K accuracy (points, unrounded: correct / n), or None until it is finished."""
     summary = read_json(folder / "summary.json") if (folder / "meta.json").exists() else None
-    return None if summary is None else float(summary["average"])
+    if summary is None:
+        return None
+    gsm8k = (summary.get("benchmarks") or summary)["gsm8k"]  # an eval's summary, or view_eval's
+    return 100 * gsm8k["correct"] / gsm8k["n"]
 
 
 RECORDED = "recorded.json"  # {"why", "wall_hours_sessions_8_14", "folders": {path under root: counts}}
@@ -285,7 +288,7 @@ def recorded(root: Path, folder: Path) -> dict | None:
 
 def accuracy_or_recorded(root: Path, folder: Path) -> float | None:
     rec = recorded(root, folder)
-    return round(100 * rec["correct"] / rec["n"], 1) if rec else accuracy(folder)
+    return 100 * rec["correct"] / rec["n"] if rec else accuracy(folder)
 
 
 def recorded_arm(rec: dict) -> dict:
@@ -296,19 +299,26 @@ def recorded_arm(rec: dict) -> dict:
     if rec["base_correct"] - ao + bo != rec["correct"]:
         raise ValueError(f"{RECORDED}: {rec} does not add up (base_correct - base_only + tuned_only != correct)")
     gsm8k = paired_counts(rec["n"], rec["base_correct"], rec["correct"], ao, bo)
-    return {"base": gsm8k["acc_a"], "tuned": gsm8k["acc_b"], "kept_fraction": rec["kept"] / rec["steps"],
+    return {"base": 100 * rec["base_correct"] / rec["n"], "tuned": 100 * rec["correct"] / rec["n"],
+            "kept_fraction": rec["kept"] / rec["steps"],
             "hours": rec["hours"], "recorded_in_session": rec["session"], "paired": {"benchmarks": {"gsm8k": gsm8k}}}
 
 
 UNRECORDED = "unrecorded_seconds.json"  # {"seconds": S, "why": ...}: a killed piece's time its stage could not keep
 
 
-def hours(*folders: Path) -> float:
+def hours(*folders: Path, running: bool = False) -> float:
     """Wall-clock hours of finished jobs, summed over resumed pieces: each folder's meta.json ``seconds``, plus the
     :data:`UNRECORDED` seconds written beside it by hand for a piece killed outright before the stages kept their
-    time while working (session 9's end cut the 1.5B base evaluation; its time is taken from the log)."""
-    return sum((read_json(f / "meta.json") or {}).get("seconds", 0.0) + (read_json(f / UNRECORDED) or {}).get(
-        "seconds", 0.0) for f in folders if (f / "meta.json").exists()) / 3600
+    time while working (session 9's end cut the 1.5B base evaluation; its time is taken from the log). With
+    ``running``, a job not finished counts too: the time its attempts so far kept in ``.started.json``."""
+    from lightreasoner.layout import META, STARTED
+
+    def seconds(f: Path) -> float:
+        if (f / META).exists():
+            return read_json(f / META).get("seconds", 0.0) + (read_json(f / UNRECORDED) or {}).get("seconds", 0.0)
+        return (read_json(f / STARTED) or {}).get("seconds", 0.0) if running else 0.0
+    return sum(seconds(f) for f in folders) / 3600
 
 
 def arm_row(root: Path, arm: Arm) -> dict:
@@ -334,14 +344,15 @@ def arm_row(root: Path, arm: Arm) -> dict:
            "base_train100": accuracy_or_recorded(root, root / "layers" / short(arm.expert)),
            "amateur_accuracy": am_test, "amateur_train100": am_train,
            "kept_fraction": sample["counts"]["kept_fraction"] if sample else None, "tuned": accuracy(tuned),
-           "hours": round(hours(d / "sample", d / "train", d / "eval"), 2) if sample else None}
+           "hours": round(hours(d / "sample", d / "train", d / "eval"), 2) if accuracy(tuned) is not None
+           else None}  # an arm's hours once it is finished
     lost = None if sample else recorded(root, d)
     if lost:
         row.update(recorded_arm(lost))  # its base too: the evaluation it was paired against
     if row["base"] is not None and am_test is not None:
-        row["gap"], row["gap_on"] = round(row["base"] - am_test, 1), "test"
+        row["gap"], row["gap_on"] = row["base"] - am_test, "test"
     elif row["base_train100"] is not None and am_train is not None:
-        row["gap"], row["gap_on"] = round(row["base_train100"] - am_train, 1), "train100"
+        row["gap"], row["gap_on"] = row["base_train100"] - am_train, "train100"
     else:
         row["gap"], row["gap_on"] = None, None
     if not lost and (base / "meta.json").exists() and (tuned / "meta.json").exists():
@@ -350,19 +361,21 @@ def arm_row(root: Path, arm: Arm) -> dict:
 
 
 def total_hours(root: Path) -> float:
-    """Wall-clock hours of every finished job of the study (the shared evaluations, the layer scans, the arms), plus
-    the recorded wall clock of the sessions whose folders were lost (:data:`RECORDED`)."""
-    folders = [job.folder for job in jobs(root) if job.done()]
+    """Wall-clock hours of every job of the study (the shared evaluations, the layer scans, the arms; a running
+    job's time so far), plus the recorded wall clock of the sessions whose folders were lost and the recorded time
+    of their unfinished pieces (:data:`RECORDED`)."""
+    folders = [job.folder for job in jobs(root)]
     scans = [f for f in (root / "layers").glob("*__scan/layer*") if f.is_dir()]
-    before = (read_json(root / RECORDED) or {}).get("wall_hours_sessions_8_14", 0.0)
-    return round(before + hours(*folders, *scans), 2)
+    rec = read_json(root / RECORDED) or {}
+    before = rec.get("wall_hours_sessions_8_14", 0.0) + rec.get("lost_unfinished_hours", 0.0)
+    return round(before + hours(*folders, *scans, running=True), 2)
 
 
 def table(root: Path) -> None:
     rows = [arm_row(root, arm) for arm in ARMS]
     total = total_hours(root)
     (root / "gap_study.json").write_text(json.dumps({"arms": rows, "wall_hours": total,
-                                                     "cpu_hours": round(2 * total, 2)}, indent=1))
+                                                     "core_hours": round(2 * total, 2)}, indent=1))
     lines = ["| expert | amateur | budget | base | amateur acc | gap | kept | tuned | change (95% CI) | p "
              "| detectable | hours |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -376,14 +389,16 @@ def table(root: Path) -> None:
                      f"{fmt(r['tuned'])} | {'-' if p.get('delta') is None else format(p['delta'], '+.1f')}"
                      + (f" ({ci[0]:+.1f}, {ci[1]:+.1f})" if ci else "")
                      + f" | {fmt(p.get('p_value'))} | {fmt(p.get('min_detectable_80'))} | "
-                     + ("-" if r["hours"] is None else f"{r['hours']:.2f}") + " |")
+                     + ("running" if r["hours"] is None and r["kept_fraction"] is not None
+                        else "-" if r["hours"] is None else f"{r['hours']:.2f}") + " |")
     lines += ["", "Accuracies and gaps in points on the whole GSM8K test (1,319); † gap on the first 100 GSM8K "
               "train problems (the amateur's whole-test accuracy is not measured yet). change: tuned - base, with "
               "the paired Wald 95% interval; p: exact two-sided McNemar test; detectable: the smallest change this "
               "comparison detects with about 80% power at the 5% level (Connor 1987). hours: the arm's sample + "
-              f"train + eval, wall clock on 2 cores. ‡ figures recomputed from the counts RESULTS.md recorded "
-              f"when the arm was run (its folders were lost with the machine; {RECORDED}). The whole study so far: "
-              f"{total:.1f} wall hours = {2 * total:.1f} CPU hours (2 cores), lost and redone work included."]
+              f"train + eval, wall clock on 2 cores, once the arm is finished. ‡ figures recomputed from the counts "
+              f"RESULTS.md recorded when the arm was run (its folders were lost with the machine; {RECORDED}). The "
+              f"whole study so far: {total:.1f} wall hours = {2 * total:.1f} core-hours (the 2 cores held; a few "
+              f"pieces shared them with the test suite), lost, redone and running work included."]
     (root / "gap_study.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(root, rows)
@@ -406,8 +421,10 @@ def plot(root: Path, rows: list[dict]) -> None:
         if r["gap"] is None or p.get("delta") is None:
             continue
         d, ci = p["delta"], p.get("delta_ci95") or (p["delta"], p["delta"])
+        amateur = r["amateur"] if r["amateur"].startswith(SELF) else short(r["amateur"])  # self:20 as in the table
         ax.errorbar(r["gap"], d, yerr=[[d - ci[0]], [ci[1] - d]], fmt="o" if r["gap_on"] == "test" else "s",
-                    capsize=3, label=f"{short(r['expert'])} / {short(r['amateur'])} ({r['budget']})")
+                    capsize=3, label=f"{short(r['expert'])} / {amateur} ({r['budget']})"
+                                     + (" ‡" if r.get("recorded_in_session") else ""))
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("expertise gap: expert base - amateur accuracy (points)\n"
                   "circles: whole GSM8K test; squares: first 100 train problems")

@@ -30,8 +30,9 @@ def fake_eval(folder: Path, correct: list[bool], seconds: float = 3600.0) -> Non
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "gsm8k.jsonl").write_text("".join(json.dumps({"id": str(i), "correct": c}) + "\n"
                                                 for i, c in enumerate(correct)))
-    accuracy = round(100 * sum(correct) / len(correct), 1)
-    (folder / "summary.json").write_text(json.dumps({"average": accuracy}))
+    accuracy = round(100 * sum(correct) / len(correct), 1)  # rounded as `eval` writes it; the counts are not
+    (folder / "summary.json").write_text(json.dumps({"average": accuracy, "benchmarks": {"gsm8k": {
+        "n": len(correct), "correct": sum(correct), "accuracy": accuracy}}}))
     (folder / "meta.json").write_text(json.dumps({"seconds": seconds}))
 
 
@@ -104,6 +105,28 @@ def test_table_pairs_each_arm_against_its_base(gs, tmp_path):
     own_line = next(line for line in md.splitlines() if "self:16" in line)
     assert own_line.endswith("| - |")
     assert (root / "gain_vs_gap.png").stat().st_size > 0
+
+
+def test_gaps_from_unrounded_accuracies_and_a_running_arm(gs, tmp_path):
+    """A gap is the difference of the exact accuracies (46.67 - 3.33 = 43.3, not 46.7 - 3.3 = 43.4); an arm whose
+    evaluation is running shows no hours, while the study's total counts the time its pieces kept so far."""
+    root, n = tmp_path, 30
+    fake_eval(root / "eval" / "coder-0.5b", [i < 14 for i in range(n)])
+    fake_eval(root / "eval" / "smollm2-135m", [i < 1 for i in range(n)])
+    arm = root / "arms" / "coder-0.5b__smollm2-135m__embedded"
+    (arm / "sample").mkdir(parents=True)
+    (arm / "sample" / "meta.json").write_text(json.dumps({"counts": {"kept_fraction": 0.25}, "seconds": 360.0}))
+    (arm / "train").mkdir()
+    (arm / "train" / "meta.json").write_text(json.dumps({"seconds": 720.0}))
+    (arm / "eval").mkdir()
+    (arm / "eval" / ".started.json").write_text(json.dumps({"identity": {}, "seconds": 900.0}))
+    gs.table(root)
+    out = json.loads((root / "gap_study.json").read_text())
+    smol = next(r for r in out["arms"] if r["arm"] == arm.name)
+    assert smol["gap"] == pytest.approx(100 * 13 / 30) and smol["hours"] is None and smol["tuned"] is None
+    line = next(x for x in (root / "gap_study.md").read_text().splitlines() if "smollm2" in x and "0.5b |" in x)
+    assert "| 43.3 |" in line and line.endswith("| running |")
+    assert out["wall_hours"] == pytest.approx((3600 + 3600 + 360 + 720 + 900) / 3600, abs=0.01)
 
 
 def test_early_exit_evaluation_writes_its_result_last_and_is_not_redone(gs, tmp_path, model_dirs, monkeypatch):
