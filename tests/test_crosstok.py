@@ -285,6 +285,41 @@ def test_q_sums_to_one_and_pushforward_is_the_loop():
     assert left[1] < dropped[1] and left[2] == dropped[2]  # a path out of an unmapped token takes dropped mass
 
 
+def test_the_expert_eos_ids_are_one_class_for_the_amateur(pair):
+    """An expert that may stop on either of two EOS ids (tokenizer and generation config): the amateur's mass on
+    ending lands on the id the expert wrote, whichever it is; an amateur EOS whose twin is no expert EOS still maps
+    to the expert's EOS."""
+    tok_e, tok_a = pair
+    im_end_e, text_end_e = tok_e.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    im_end_a, text_end_a = tok_a.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    vmap = X.build_vocab_map(tok_e, tok_a, expert_rows=ROWS, amateur_rows=ROWS, amateur_eos=[im_end_a],
+                             expert_eos=[im_end_e, text_end_e])
+    assert int(vmap.first[im_end_a]) == im_end_e  # its twin, an expert EOS
+    y = tok_e.encode("hi", add_special_tokens=False) + [text_end_e]
+    assert X.align(y, tok_e, tok_a, {im_end_e, text_end_e}).codes == "aaa"
+    logp = torch.log_softmax(torch.full((2, ROWS), -30.0).index_fill_(1, torch.tensor([im_end_a]), 0.0), -1)
+    targets = torch.tensor([text_end_e, tok_e.convert_tokens_to_ids("h")])  # the EOS step; an ordinary step
+    none = torch.tensor([-1, -1])
+    eos = torch.tensor(sorted({im_end_e, text_end_e}))
+    q = X.amateur_logq(logp, vmap.first, ROWS, targets, none, torch.zeros(2), eos)[0].exp()
+    assert q[0, text_end_e] > 0.99 and q[0, im_end_e] < 1e-5  # ending, on the id the expert wrote
+    assert q[1, im_end_e] > 0.99 and q[1, text_end_e] < 1e-5  # not an EOS step: nothing moves
+    one = X.amateur_logq(logp, vmap.first, ROWS, targets, none, torch.zeros(2), eos[:1])[0]
+    assert torch.equal(one, X.amateur_logq(logp, vmap.first, ROWS, targets, none, torch.zeros(2))[0])  # one id
+    # the amateur ends on <|endoftext|>, whose twin is no EOS of an expert that ends on <|im_end|> alone
+    vmap = X.build_vocab_map(tok_e, tok_a, expert_rows=ROWS, amateur_rows=ROWS, amateur_eos=[text_end_a],
+                             expert_eos=[im_end_e])
+    assert int(vmap.first[text_end_a]) == im_end_e and int(vmap.first[im_end_a]) == im_end_e
+
+
+def test_an_amateur_tokenizer_beyond_its_model_rows_is_refused(pair):
+    tok_e, tok_a = pair
+    top = max(tok_a.get_vocab().values())
+    with pytest.raises(X.InputError, match=f"ids up to {top}, beyond its model's {top} output rows"):
+        text_path(tok_e, tok_a, expert_rows=ROWS, amateur_rows=top, expert_eos=[tok_e.eos_token_id],
+                  amateur_eos=[tok_a.eos_token_id])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # (d) mid-character steps are skipped and counted
 

@@ -8,24 +8,26 @@ amateur's vocabulary ``V_A``, step ``t`` = predicting ``y_t`` from ``y_<t``.
 (:func:`prompts.build_prompt_ids` with its own tokenizer).
 
 **Text pieces and groups.** The expert's completion is cut into text: the piece of ``y_t`` is ``decode(y_<=t)``
-minus ``decode(y_<t)`` (expert tokenizer, special tokens kept, no clean-up). A prefix ``y_<t`` ends *cleanly*
-when its decode does not end in U+FFFD (an unfinished UTF-8 character) and is a prefix of the whole completion's
-decode; consecutive tokens are grouped until the prefix ends cleanly, so a group is one token or the few tokens
-of one multi-byte character. The amateur reads its prompt followed by ``encode_A(text of group)`` for each group
-in turn (its own tokenizer, no special tokens added): every clean expert boundary is an amateur token boundary by
-construction. The amateur's tokenization is its own *within* a group, cut at the expert's boundaries between
-groups (where the amateur would merge across one, it reads a non-canonical but text-equal sequence). A final
-expert EOS is not read as text. **One teacher-forced amateur pass** per trajectory reads this sequence (batched,
-as the id path): its next-token distribution at each boundary and along each group's tokens, never a pass per
-prefix. Encoding piece by piece needs a tokenizer that adds nothing to a piece: :func:`check_piecewise` refuses
-one that prepends a space to each piece (SentencePiece with a dummy prefix) or strips a lone token's space.
+minus ``decode(y_<t)`` (expert tokenizer, special tokens kept, no clean-up). A prefix ``y_<t`` ends *cleanly* when
+its decode does not end in U+FFFD (an unfinished UTF-8 character) and is a prefix of the whole completion's decode;
+consecutive tokens are grouped until the prefix ends cleanly, so a group is the shortest run of tokens that ends at
+a clean boundary: one token, or the few tokens of a multi-byte character (with byte-level vocabularies a run can
+span two characters when a token ends one and starts the next). The amateur reads its prompt followed by
+``encode_A(text of group)`` for each group in turn (its own tokenizer, no special tokens added): every clean expert
+boundary is an amateur token boundary by construction. The amateur's tokenization is its own *within* a group, cut
+at the expert's boundaries between groups (where the amateur would merge across one, it reads a non-canonical but
+text-equal sequence). A final expert EOS is not read as text. **One teacher-forced amateur pass** per trajectory
+reads this sequence (batched, as the id path): its next-token distribution at each boundary and along each group's
+tokens, never a pass per prefix. Encoding piece by piece needs a tokenizer that adds nothing to a piece:
+:func:`check_piecewise` refuses one that prepends a space to each piece (SentencePiece with a dummy prefix) or
+strips a lone token's space.
 
 **Step classes** (recorded per step, one letter of :data:`CODES`):
 
 - ``s`` *skipped*: ``y_<t`` ends mid-character (no amateur boundary there). Not scored, never kept; its ``kl``,
   entropies and agreement are recorded as null.
 - ``a`` *aligned*: ``y_t`` is a group of its own and the amateur encodes its text as one token; and the EOS step
-  (``y_T`` an expert EOS id: the amateur's EOS ids map to the expert's EOS).
+  (``y_T`` an expert EOS id; see the EOS class below).
 - ``m`` *marginalised*: ``y_t`` is a group of its own and the amateur encodes its text as ``m >= 2`` tokens
   ``u_1..u_m``.
 - ``p`` *approximated*: ``y_t`` opens a multi-token character group (or its text is empty or unfinished): the
@@ -34,17 +36,20 @@ one that prepends a space to each piece (SentencePiece with a dummy prefix) or s
 **The amateur's distribution over V_E.** A fixed first-token map ``M: V_A -> V_E`` (:func:`build_vocab_map`):
 ``M(u)`` = the expert token with the same raw token string and the same text if there is one (a *twin*: the same
 token, partial UTF-8 bytes of two byte-level vocabularies included), else the first id of
-``encode_E(text of u)``; the amateur's EOS ids (tokenizer and generation config) map to the expert tokenizer's
-EOS. Unmapped (their mass is dropped and counted): special tokens without a twin, tokens without text, tokens
-whose text is not valid alone (an unfinished UTF-8 character without a twin). At a scored step, with ``p_A`` the
-amateur's next-token distribution at the boundary,
+``encode_E(text of u)``; the amateur's EOS ids (tokenizer and generation config) map to an expert EOS id (their
+twin when that is one, else the expert tokenizer's EOS). Unmapped (their mass is dropped and counted): special
+tokens without a twin, tokens without text, tokens whose text is not valid alone (an unfinished UTF-8 character
+without a twin). At a scored step, with ``p_A`` the amateur's next-token distribution at the boundary,
 
     q_A(e) = sum_{u : M(u) = e} p_A(u)                                (the pushforward)
 
 and at an aligned or marginalised step the amateur's exact probability of its own tokenization of ``y_t``'s
 text, ``P = prod_i p_A(u_i | boundary, u_<i)`` (read from the same pass), is moved from ``M(u_1)`` (or from the
 dropped mass when ``u_1`` is unmapped) to ``y_t``: the part of ``u_1``'s mass that continues into ``y_t``'s
-text along the amateur's tokenization (a no-op when ``m = 1`` and ``M(u_1) = y_t``). Then ``q_A`` is renormalised
+text along the amateur's tokenization (a no-op when ``m = 1`` and ``M(u_1) = y_t``). **The EOS class.** An
+expert may stop on any of its EOS ids (tokenizer and generation config, e.g. ``<|im_end|>`` and ``<|endoftext|>``),
+and for the amateur they are one outcome, ending here: at the EOS step, ``q_A``'s mass on every expert EOS id is
+moved to ``y_T`` (a no-op with one EOS id). Then ``q_A`` is renormalised
 over the mapped mass and floored, ``q_A <- (1 - FLOOR) q_A + FLOOR / |V_E|`` with :data:`FLOOR` ``= 1e-6``, so
 every log is finite.
 
@@ -141,8 +146,9 @@ def _twins(expert_tokenizer: Any, amateur_tokenizer: Any, a_text: dict[int, str]
 
 
 def build_vocab_map(expert_tokenizer: Any, amateur_tokenizer: Any, *, expert_rows: int, amateur_rows: int,
-                    amateur_eos: Sequence[int]) -> VocabMap:
-    """``M: V_A -> V_E`` (see the module doc): twins first, then the amateur's EOS ids to the expert's EOS, then
+                    amateur_eos: Sequence[int], expert_eos: Sequence[int] = ()) -> VocabMap:
+    """``M: V_A -> V_E`` (see the module doc): twins first (but an amateur EOS id whose twin is not one of
+    ``expert_eos`` or the expert tokenizer's EOS), then the amateur's EOS ids to the expert tokenizer's EOS, then
     the first expert token of each remaining token's text (one batched encode). ``*_rows``: output rows."""
     a_ids = sorted(i for i in amateur_tokenizer.get_vocab().values() if i < amateur_rows)
     a_text = dict(zip(a_ids, token_texts(amateur_tokenizer, a_ids)))
@@ -150,10 +156,11 @@ def build_vocab_map(expert_tokenizer: Any, amateur_tokenizer: Any, *, expert_row
     special = {int(i) for i, t in getattr(amateur_tokenizer, "added_tokens_decoder", {}).items()
                if getattr(t, "special", False)}
     eos_e = expert_tokenizer.eos_token_id
+    ends = {int(i) for i in expert_eos} | ({int(eos_e)} if eos_e is not None else set())
     first = torch.full((amateur_rows,), -1, dtype=torch.long)
     todo = []
     for u in a_ids:
-        if u in twins:
+        if u in twins and (u not in amateur_eos or twins[u] in ends or eos_e is None):
             first[u] = twins[u]
         elif u in amateur_eos and eos_e is not None:
             first[u] = int(eos_e)
@@ -273,14 +280,15 @@ def pushforward(logp_amateur: torch.Tensor, first: torch.Tensor, width: int) -> 
 
 
 def amateur_logq(logp_amateur: torch.Tensor, first: torch.Tensor, width: int, targets: torch.Tensor,
-                 path_first: torch.Tensor, path_logp: torch.Tensor, floor: float = FLOOR
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 path_first: torch.Tensor, path_logp: torch.Tensor, eos: torch.Tensor | None = None,
+                 floor: float = FLOOR) -> tuple[torch.Tensor, torch.Tensor]:
     """``log q_A`` over the expert's vocabulary at ``N`` scored steps, and the mass dropped at each.
 
     ``logp_amateur`` ``[N, R_A]`` at the boundaries; ``targets`` ``[N]`` the expert's tokens ``y_t``;
     ``path_first`` ``[N]`` each step's ``u_1`` (-1: no path, pushforward only); ``path_logp`` ``[N]``
-    ``log P`` of its path (ignored without one). Returns ``log q_A`` ``[N, width]`` (rows sum to 1 before the
-    log) and the dropped mass ``[N]`` (unmapped ids, less what a path moved out of them).
+    ``log P`` of its path (ignored without one); ``eos`` ``[K]`` the expert's EOS ids (a step whose target is one
+    of them takes the mass of all of them: the EOS class). Returns ``log q_A`` ``[N, width]`` (rows sum to 1
+    before the log) and the dropped mass ``[N]`` (unmapped ids, less what a path moved out of them).
     """
     q, dropped = pushforward(logp_amateur, first, width)
     has = path_first >= 0
@@ -292,6 +300,11 @@ def amateur_logq(logp_amateur: torch.Tensor, first: torch.Tensor, width: int, ta
     q.clamp_(min=0.0)
     dropped = (dropped - torch.where(from_mapped, torch.zeros_like(moved), moved)).clamp(min=0.0)
     q[rows, targets] += moved
+    if eos is not None and eos.numel() > 1:
+        ending = torch.isin(targets, eos)
+        q[rows[ending], targets[ending]] = q[rows[ending]][:, eos].sum(-1)
+        others = eos[None, :] != targets[ending][:, None]  # [n_ending, K]: the EOS ids this step did not write
+        q[rows[ending][:, None].expand_as(others)[others], eos[None, :].expand_as(others)[others]] = 0.0
     q = q / q.sum(-1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
     return torch.log((1.0 - floor) * q + floor / width), dropped
 

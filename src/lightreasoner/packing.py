@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .contrast import soft_label_kl_loss
+from .heads import output_logits
 from .trajectories import Trajectory
 
 
@@ -202,14 +203,14 @@ def kept_logits(model: nn.Module, input_ids: torch.Tensor, keep: torch.Tensor) -
 
     Uses ``logits_to_keep=<bool mask>`` where the installed transformers supports it and the model's forward
     slices through it (so model-specific output scaling stays), else the decoder's hidden states gathered at kept
-    positions and the output layer. No attention mask is passed: rows are right padded, so under the causal mask no
-    real token sees a pad.
+    positions through :func:`heads.output_logits` (the output layer and the family's scaling). No attention mask
+    is passed: rows are right padded, so under the causal mask no real token sees a pad.
     """
     lm = _base_lm(model)
     if _BOOL_KEEP and _slices_by_mask(type(lm)) and _bool_logits_to_keep_supported():
         return lm(input_ids=input_ids, logits_to_keep=keep, use_cache=False).logits
     hidden = lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
-    return lm.get_output_embeddings()(hidden[keep])
+    return output_logits(lm, hidden[keep])
 
 
 _BOOL_KEEP = True  # tests switch the fallback path on by setting this to False

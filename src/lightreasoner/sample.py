@@ -223,12 +223,17 @@ def main(cfg: SampleConfig) -> int:
 
 
 def _load_models(cfg: SampleConfig, device: str) -> tuple[Any, Any]:
-    """The expert and the amateur (:class:`models.LoadedModel`) of a config, on ``device``."""
+    """The expert and the amateur (:class:`models.LoadedModel`) of a config, on ``device``, each checked to give
+    its own logits from the hidden states sampling scores (:func:`heads.check_output_logits`)."""
+    from .heads import check_output_logits
     from .models import load_amateur, load_model
 
     kw = {"dtype": cfg.dtype, "device": device, "trust_remote_code": cfg.trust_remote_code}
     expert = load_model(cfg.expert, revision=cfg.expert_revision, **kw)
-    return expert, load_amateur(cfg.amateur, expert, revision=cfg.amateur_revision, **kw)
+    amateur = load_amateur(cfg.amateur, expert, revision=cfg.amateur_revision, **kw)
+    check_output_logits(expert.model, f"expert {cfg.expert!r}")
+    check_output_logits(amateur.model, f"amateur {cfg.amateur!r}")
+    return expert, amateur
 
 
 def _eos_or_none(model: Any) -> list[int]:

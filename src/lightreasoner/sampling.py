@@ -30,6 +30,7 @@ import torch
 from .contrast import StepReduction, reduce_steps
 from .crosstok import CODES
 from .decoder import CachedDecoder, hidden_states
+from .heads import output_logits
 from .invariant import RowInvariant
 from .generation import StepView, stream
 from .problems import Problem
@@ -208,7 +209,6 @@ def _score_teacher_forced(expert: Any, amateur: Any, prompts: Sequence[Sequence[
     start = [0]
     for s in seqs[:-1]:
         start.append(start[-1] + len(s))
-    head_e, head_a = expert.get_output_embeddings(), amateur.get_output_embeddings()
     pairs = [(i, t) for i, tr in enumerate(trajs) for t in range(len(tr.completion))]
     for c in range(0, len(pairs), params.chunk_steps):
         chunk = pairs[c:c + params.chunk_steps]
@@ -216,8 +216,8 @@ def _score_teacher_forced(expert: Any, amateur: Any, prompts: Sequence[Sequence[
         ti = torch.tensor([t for _, t in chunk], device=device)
         at = torch.tensor([start[i] + len(prompts[i]) - 1 + t for i, t in chunk], device=device)
         with RowInvariant():
-            le = head_e(h_e[ri, ti].to(head_e.weight.device))[:, :vocab_size]
-            la = head_a(h_a[at])[:, :vocab_size]
+            le = output_logits(expert, h_e[ri, ti])[:, :vocab_size]
+            la = output_logits(amateur, h_a[at])[:, :vocab_size]
         red = reduce_steps(le, la, params.alpha, params.contrast)
         lists = (red.kl.tolist(), red.expert_entropy.tolist(), red.amateur_entropy.tolist(),
                  red.top1_agree.tolist())

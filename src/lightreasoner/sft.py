@@ -31,6 +31,7 @@ from typing import Any, Sequence
 from . import layout, modelcard, shards
 from .api import expose
 from .config import Checked, flag, option, to_dict
+from .heads import check_output_logits
 from .embedded import DEFAULT_EXPERT
 from .problems import Problem, load_problems
 from .trajectories import MAX_LENGTH, check_token_range, load_training_examples, manifest_path
@@ -240,6 +241,7 @@ def train_adapter(cfg: SFTConfig, samples: Path, output: Path) -> dict:
                 stats["format"], stats["records"])
     loaded = load_model(cfg.expert, dtype=cfg.dtype, device=str(acc.device), **model_options(cfg))
     check_token_range(trajs, loaded.vocab_rows)
+    check_output_logits(loaded.model, f"expert {cfg.expert!r}")
     record = {"samples": str(samples), "output": str(output), "expert": cfg.expert,
               "system_prompt": cfg.system_prompt, "max_length": MAX_LENGTH}
     return train(loaded.model, loaded.tokenizer, trajs, params, output, accelerator=acc, data_stats=stats,

@@ -20,7 +20,9 @@ import torch
 from .contrast import reduce_steps
 from .crosstok import VocabMap, align, amateur_logq, build_vocab_map, check_piecewise, identity_alignment
 from .decoder import hidden_states
+from .heads import output_logits
 from .invariant import RowInvariant, rowwise
+from .utils import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +40,16 @@ class TextPath:
 def text_path(expert_tokenizer: Any, amateur_tokenizer: Any, *, expert_rows: int, amateur_rows: int,
               expert_eos: Sequence[int], amateur_eos: Sequence[int]) -> TextPath:
     """Build ``M`` once for a tokenizer pair (logs how long it took and what it maps). Raises
-    :class:`InputError` for a tokenizer that cannot encode pieces of text (see :func:`crosstok.check_piecewise`)."""
+    :class:`InputError` for a tokenizer that cannot encode pieces of text (see :func:`crosstok.check_piecewise`)
+    and for an amateur tokenizer with ids beyond its model's output rows (the amateur reads what it encodes)."""
     t0 = time.perf_counter()
+    top = max(amateur_tokenizer.get_vocab().values(), default=-1)
+    if top >= amateur_rows:
+        raise InputError(f"the amateur's tokenizer has ids up to {top}, beyond its model's {amateur_rows} output "
+                         f"rows (tokens added to the tokenizer but not to the model): the amateur cannot read "
+                         f"them; resize its embeddings (model.resize_token_embeddings) or choose another amateur")
     vmap = build_vocab_map(expert_tokenizer, amateur_tokenizer, expert_rows=expert_rows, amateur_rows=amateur_rows,
-                           amateur_eos=amateur_eos)
+                           amateur_eos=amateur_eos, expert_eos=expert_eos)
     if not vmap.fast:
         check_piecewise(expert_tokenizer, "expert")
         check_piecewise(amateur_tokenizer, "amateur")
@@ -66,9 +74,9 @@ def score_text(expert: Any, amateur: Any, amateur_prompts: Sequence[Sequence[int
     for p, s in zip(amateur_prompts, seqs):
         base.append(base[-1] + len(s))
     base = [b + len(p) - 1 for b, p in zip(base, amateur_prompts)]
-    head_e, head_a = expert.get_output_embeddings(), amateur.get_output_embeddings()
     device = h_a.device
     first = vmap.first.to(device)
+    eos = torch.tensor(sorted(e for e in text.eos if e < vmap.expert_width), dtype=torch.long, device=device)
     pairs = [(i, t) for i, tr in enumerate(trajs) for t in range(len(tr.completion))]
     for c in range(0, len(pairs), params.chunk_steps):
         chunk = pairs[c:c + params.chunk_steps]
@@ -80,15 +88,15 @@ def score_text(expert: Any, amateur: Any, amateur_prompts: Sequence[Sequence[int
             ti = torch.tensor([t for _, t in scored], device=h_e.device)
             at = torch.tensor([base[i] + aligns[i].at[t] for i, t in scored], device=device)
             with RowInvariant():
-                le = head_e(h_e[ri, ti].to(head_e.weight.device))[:, :vmap.expert_width]
-                la = head_a(h_a[at])
+                le = output_logits(expert, h_e[ri, ti])[:, :vmap.expert_width]
+                la = output_logits(amateur, h_a[at])
             if vmap.fast:
                 red = reduce_steps(le, la[:, vmap.gather.to(la.device)], params.alpha, params.contrast)
                 dropped = [0.0] * len(scored)
             else:
                 targets = torch.tensor([trajs[i].completion[t] for i, t in scored], device=device)
-                logq, drop = _logq(la, h_a, head_a, [(base[i] + aligns[i].at[t], aligns[i].paths[t])
-                                                     for i, t in scored], first, vmap.expert_width, targets)
+                logq, drop = _logq(la, h_a, amateur, [(base[i] + aligns[i].at[t], aligns[i].paths[t])
+                                                     for i, t in scored], first, vmap.expert_width, targets, eos)
                 red = reduce_steps(le, logq.to(le.device), params.alpha, params.contrast)
                 dropped = drop.tolist()
             lists = (red.kl.tolist(), red.expert_entropy.tolist(), red.amateur_entropy.tolist(),
@@ -105,10 +113,12 @@ def score_text(expert: Any, amateur: Any, amateur_prompts: Sequence[Sequence[int
         tr.alignment = al.codes
 
 
-def _logq(la: torch.Tensor, h_a: torch.Tensor, head_a: Any, steps: Sequence[tuple[int, tuple[int, ...]]],
-          first: torch.Tensor, width: int, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _logq(la: torch.Tensor, h_a: torch.Tensor, amateur: Any, steps: Sequence[tuple[int, tuple[int, ...]]],
+          first: torch.Tensor, width: int, targets: torch.Tensor, eos: torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor]:
     """``log q_A`` ``[N, width]`` and the dropped mass ``[N]`` of ``N`` scored steps, given the amateur's logits
-    ``la`` ``[N, R_A]`` at their boundaries and ``steps`` = (packed row of the boundary, path ``u_1..u_m``).
+    ``la`` ``[N, R_A]`` at their boundaries, ``steps`` = (packed row of the boundary, path ``u_1..u_m``) and
+    ``eos`` ``[K]`` the expert's EOS ids (the EOS class of :func:`crosstok.amateur_logq`).
 
     ``log P = sum_i log p_A(u_i | ...)``: ``u_1`` from ``la``, each later ``u_i`` from the amateur's state ``i - 1``
     rows after the boundary (the same pass), all such rows through the output layer at once, added in path order.
@@ -125,10 +135,10 @@ def _logq(la: torch.Tensor, h_a: torch.Tensor, head_a: Any, steps: Sequence[tupl
         rows = torch.tensor([r for _, r, _, _ in extra], device=la.device)
         toks = torch.tensor([[u] for _, _, u, _ in extra], device=la.device)
         with RowInvariant():
-            lp = rowwise(lambda h, t: torch.log_softmax(head_a(h).float(), dim=-1).gather(1, t)[:, 0],
-                         h_a[rows], toks)
+            lp = rowwise(lambda h, t: torch.log_softmax(output_logits(amateur, h).float(), dim=-1)
+                         .gather(1, t)[:, 0], h_a[rows], toks)
         for k in range(1, max(k for *_, k in extra) + 1):  # each path's k-th token: at most one per step
             at = [x for x, e in enumerate(extra) if e[3] == k]
             path_logp[torch.tensor([extra[x][0] for x in at], device=la.device)] += lp[at]
-    return rowwise(lambda lp_, t, pf, pl: amateur_logq(lp_, first, width, t, pf, pl),
+    return rowwise(lambda lp_, t, pf, pl: amateur_logq(lp_, first, width, t, pf, pl, eos),
                    logp, targets, path_first, path_logp)

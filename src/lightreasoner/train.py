@@ -24,6 +24,7 @@ from . import checkpoint as ck
 from . import embedded, layout, modelcard, models
 from .api import expose
 from .config import Checked, flag, option, to_dict
+from .heads import check_output_logits
 from .prompts import DEFAULT_SYSTEM_PROMPT
 from .trajectories import MAX_LENGTH, check_token_range, check_manifest, load_training_examples
 from .training import TrainParams, make_accelerator, train
@@ -173,6 +174,7 @@ def _train_stage(cfg: TrainConfig, params: TrainParams, acc: Any, src: models.Mo
     if src.kind == "hub":
         check_manifest(cfg.samples, loaded.fingerprint, cfg.force)
     check_token_range(trajs, loaded.vocab_rows)
+    check_output_logits(loaded.model, f"expert {cfg.expert!r}")  # the logits training reads at kept steps
     if acc.is_main_process:
         stage.start(resolved={"dtype": loaded.describe()["dtype"]})
     summary = train(loaded.model, loaded.tokenizer, trajs, params, cfg.output, accelerator=acc, data_stats=stats,
