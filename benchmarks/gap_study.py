@@ -392,12 +392,12 @@ def table(root: Path) -> None:
                      + ("running" if r["hours"] is None and r["kept_fraction"] is not None
                         else "-" if r["hours"] is None else f"{r['hours']:.2f}") + " |")
     lines += ["", "Accuracies and gaps in points on the whole GSM8K test (1,319); † gap on the first 100 GSM8K "
-              "train problems (the amateur's whole-test accuracy is not measured yet). change: tuned - base, with "
+              "train problems (the early layer's whole-test accuracy, the plan's last job, was not measured). change: tuned - base, with "
               "the paired Wald 95% interval; p: exact two-sided McNemar test; detectable: the smallest change this "
               "comparison detects with about 80% power at the 5% level (Connor 1987). hours: the arm's sample + "
               f"train + eval, wall clock on 2 cores, once the arm is finished. ‡ figures recomputed from the counts "
               f"RESULTS.md recorded when the arm was run (its folders were lost with the machine; {RECORDED}). The "
-              f"whole study so far: {total:.1f} wall hours = {2 * total:.1f} core-hours (the 2 cores held; a few "
+              f"whole study: {total:.1f} wall hours = {2 * total:.1f} core-hours (the 2 cores held; a few "
               f"pieces shared them with the test suite), lost, redone and running work included."]
     (root / "gap_study.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
